@@ -1,0 +1,1 @@
+"""The nsqlookupd daemon: registration db, TCP protocol V1 and HTTP API."""

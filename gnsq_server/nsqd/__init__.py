@@ -1,0 +1,1 @@
+"""The nsqd daemon: core state (message .. stats) and its TCP/HTTP glue."""

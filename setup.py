@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="gnsq_server",
+    version="0.1.0",
+    description="NSQ's nsqd and nsqlookupd daemons, wire-compatible, in Python on gevent",
+    packages=find_packages(include=["gnsq_server", "gnsq_server.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "gevent>=23.9",
+        "flask>=2.3",
+        "click>=8.1",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7.4",
+            "pytest-timeout>=2.2",
+            "hypothesis>=6.80",
+            "requests>=2.31",
+            "pynsq>=0.9.1",
+            "gnsq>=1.0.2",
+            "ruff>=0.5",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "gnsqd=gnsq_server.cli:gnsqd",
+            "gnsqlookupd=gnsq_server.cli:gnsqlookupd",
+        ],
+    },
+)
