@@ -95,10 +95,43 @@ def decode_name(raw: bytes) -> str:
 
 
 def parse_uint(raw: bytes) -> int:
-    """Parse an unsigned decimal as Go's strconv.ParseUint(s, 10, 64): digits only, no sign."""
-    if not raw or not raw.isdigit() or not raw.isascii():
+    """Parse a count or timeout as nsqd's ByteToBase10: digits only (no sign), empty means 0."""
+    if not raw:
+        return 0
+    if not (raw.isdigit() and raw.isascii()):
         raise ValueError(raw)
-    value = int(raw)
-    if value >= 1 << 64:
-        raise ValueError(raw)
-    return value
+    return int(raw)
+
+
+def go_quote(text: str) -> str:
+    """Render a string as Go's %q does, for the names echoed in error texts."""
+    out = ['"']
+    for char in text:
+        code = ord(char)
+        if char in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[char])
+        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte kept by surrogateescape
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif char.isprintable():
+            out.append(char)
+        elif code < 0x80:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
+_GO_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+}

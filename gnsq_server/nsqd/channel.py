@@ -1,0 +1,298 @@
+"""A channel: its queue, its in-flight and deferred sets, and the consumers it feeds.
+
+Delivery is push-driven: a message put into a channel goes straight to a ready consumer when
+there is one, and a consumer that becomes ready pulls from the queue. There is no pump greenlet
+per channel or per client, so a message costs no greenlet switch on its way through.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
+
+from .message import Message
+from .pqueue import DeadlineQueue
+
+if TYPE_CHECKING:
+    from .topic import Topic
+
+log = logging.getLogger(__name__)
+
+
+class Consumer(Protocol):
+    """What a channel needs of a subscribed connection (client.Client provides it)."""
+
+    id: int
+    ready_count: int
+    in_flight_count: int
+    msg_timeout: float
+    sample_rate: int
+
+    def is_ready(self) -> bool: ...
+    def send_message(self, msg: Message) -> None: ...
+    def close(self) -> None: ...
+
+
+class ChannelError(Exception):
+    """A FIN/REQ/TOUCH that cannot be applied; its text follows nsqd's."""
+
+
+class QueueFull(Exception):
+    """No room in memory and no backend to spill to."""
+
+
+class Channel:
+    def __init__(self, topic: Topic, name: str, ephemeral: bool, backend, opts, scheduler) -> None:
+        self.topic = topic
+        self.topic_name = topic.name
+        self.name = name
+        self.ephemeral = ephemeral
+        self.paused = False
+        self.exiting = False
+        self.backend = backend
+        self._opts = opts
+        self._scheduler = scheduler
+        self._mem_capacity = opts.mem_queue_size
+        self.memory: deque[Message] = deque()
+        self.in_flight = DeadlineQueue()
+        self.deferred = DeadlineQueue()
+        self.clients: dict[int, Consumer] = {}
+        # Ready consumers in round-robin order (a dict keeps insertion order and O(1) removal).
+        self._ready: dict[int, Consumer] = {}
+        self._disk_turn = False
+        #: the deadline the scheduler will next wake this channel at, None when not scheduled
+        self.wake_at: float | None = None
+        self.message_count = 0
+        self.requeue_count = 0
+        self.timeout_count = 0
+
+    def __repr__(self) -> str:
+        return f"<Channel {self.topic_name}:{self.name}>"
+
+    # -- gauges -------------------------------------------------------------------------
+
+    def depth(self) -> int:
+        return len(self.memory) + self.backend_depth()
+
+    def backend_depth(self) -> int:
+        return self.backend.depth() if self.backend is not None else 0
+
+    def in_flight_count(self) -> int:
+        return len(self.in_flight)
+
+    def deferred_count(self) -> int:
+        return len(self.deferred)
+
+    # -- messages in --------------------------------------------------------------------
+
+    def room(self) -> int | None:
+        """How many more messages fit, or None when overflow goes to a backend."""
+        if self.backend is not None:
+            return None
+        return max(0, self._mem_capacity - len(self.memory)) + len(self._ready)
+
+    def put(self, msg: Message) -> None:
+        """Accept a message from the topic (a DPUB one goes to the deferred set)."""
+        self.message_count += 1
+        if msg.defer > 0:
+            self._defer(msg, msg.defer)
+        else:
+            self._enqueue(msg)
+
+    def _enqueue(self, msg: Message) -> None:
+        if self._ready and not self.paused:
+            self._deliver(next(iter(self._ready.values())), msg)
+        elif len(self.memory) < self._mem_capacity:
+            self.memory.append(msg)
+        elif self.backend is not None:
+            self.backend.put(msg.encode())
+        else:
+            raise QueueFull(f"channel {self.topic_name}:{self.name} memory queue is full")
+
+    def _defer(self, msg: Message, delay: float) -> None:
+        deadline = time.monotonic() + delay
+        self.deferred.push(msg, deadline)
+        self._schedule(deadline)
+
+    def _take(self) -> Message | None:
+        """Next queued message: memory and disk take turns when both hold some."""
+        backend = self.backend
+        if backend is not None and backend.depth() and (self._disk_turn or not self.memory):
+            self._disk_turn = False
+            data = backend.get()
+            if data is not None:
+                return Message.decode(data)
+        self._disk_turn = True
+        if self.memory:
+            return self.memory.popleft()
+        return None
+
+    # -- delivery -----------------------------------------------------------------------
+
+    def _deliver(self, client: Consumer, msg: Message) -> None:
+        ready = self._ready
+        if client.sample_rate and random.randrange(100) > client.sample_rate:
+            return  # nsqd drops unsampled messages for the whole channel
+        now = time.monotonic()
+        msg.attempts += 1
+        msg.client = client
+        msg.delivered_at = now
+        deadline = now + client.msg_timeout
+        self.in_flight.push(msg, deadline)
+        wake_at = self.wake_at
+        if wake_at is None or deadline < wake_at:
+            self._schedule(deadline)
+        client.in_flight_count += 1
+        client.send_message(msg)
+        # Rotate for round robin, or drop out of the ready set once the window is full.
+        del ready[client.id]
+        if client.in_flight_count < client.ready_count:
+            ready[client.id] = client
+
+    def _pump(self) -> None:
+        """Hand queued messages to ready consumers until one side runs out."""
+        ready = self._ready
+        while ready and not self.paused:
+            msg = self._take()
+            if msg is None:
+                return
+            self._deliver(next(iter(ready.values())), msg)
+
+    def update_ready(self, client: Consumer) -> None:
+        """Re-evaluate one consumer's readiness after RDY, FIN, REQ or a timeout."""
+        if client.id not in self.clients:
+            return
+        if client.is_ready():
+            if client.id not in self._ready:
+                self._ready[client.id] = client
+                self._pump()
+        else:
+            self._ready.pop(client.id, None)
+
+    # -- consumers ----------------------------------------------------------------------
+
+    def add_client(self, client: Consumer) -> None:
+        if self.exiting:
+            raise ChannelError("channel is exiting")
+        limit = self._opts.max_channel_consumers
+        if limit and len(self.clients) >= limit:
+            raise ChannelError(
+                f"consumers for {self.topic_name}:{self.name} exceeds limit of {limit}"
+            )
+        self.clients[client.id] = client
+
+    def remove_client(self, client: Consumer) -> None:
+        """A consumer left; its in-flight messages stay until they time out, as in nsqd."""
+        if self.clients.pop(client.id, None) is None:
+            return
+        self._ready.pop(client.id, None)
+        if self.ephemeral and not self.clients and not self.exiting:
+            self.topic.delete_channel(self.name)
+
+    # -- FIN / REQ / TOUCH --------------------------------------------------------------
+
+    def _owned(self, client: Consumer, msg_id: bytes) -> Message:
+        msg = self.in_flight.get(msg_id)
+        if msg is None:
+            raise ChannelError("ID not in flight")
+        if msg.client is not client:
+            raise ChannelError("client does not own message")
+        return msg
+
+    def finish(self, client: Consumer, msg_id: bytes) -> Message:
+        msg = self._owned(client, msg_id)
+        self.in_flight.remove(msg_id)
+        self._release(client)
+        return msg
+
+    def requeue(self, client: Consumer, msg_id: bytes, delay: float) -> None:
+        msg = self._owned(client, msg_id)
+        if self.exiting:
+            raise ChannelError("exiting")
+        self.in_flight.remove(msg_id)
+        self.requeue_count += 1
+        self._release(client)
+        if delay > 0:
+            self._defer(msg, delay)
+        else:
+            self._enqueue(msg)
+
+    def touch(self, client: Consumer, msg_id: bytes) -> None:
+        msg = self._owned(client, msg_id)
+        now = time.monotonic()
+        deadline = min(now + client.msg_timeout, msg.delivered_at + self._opts.max_msg_timeout)
+        self.in_flight.push(msg, deadline)
+
+    def _release(self, client: Consumer) -> None:
+        client.in_flight_count -= 1
+        if client.id in self.clients and client.id not in self._ready and client.is_ready():
+            self._ready[client.id] = client
+            self._pump()
+
+    # -- timeouts and deferrals (driven by the daemon's single sweeper) ------------------
+
+    def _schedule(self, deadline: float) -> None:
+        wake_at = self.wake_at
+        if wake_at is None or deadline < wake_at:
+            self.wake_at = deadline
+            self._scheduler.schedule(self, deadline)
+
+    def sweep(self, now: float) -> float | None:
+        """Requeue timed-out messages and release due deferred ones; return the next deadline."""
+        for msg in self.in_flight.pop_due(now):
+            self.timeout_count += 1
+            client = msg.client
+            msg.client = None
+            if client is not None:
+                self._release(client)
+            self._enqueue_or_spill(msg)
+        for msg in self.deferred.pop_due(now):
+            self._enqueue_or_spill(msg)
+        next_in_flight = self.in_flight.next_deadline()
+        next_deferred = self.deferred.next_deadline()
+        candidates = [d for d in (next_in_flight, next_deferred) if d is not None]
+        self.wake_at = min(candidates) if candidates else None
+        return self.wake_at
+
+    def _enqueue_or_spill(self, msg: Message) -> None:
+        """Timed-out and due messages were already accepted: never refuse them."""
+        try:
+            self._enqueue(msg)
+        except QueueFull:
+            self.memory.append(msg)
+
+    # -- administration -----------------------------------------------------------------
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def unpause(self) -> None:
+        self.paused = False
+        self._pump()
+
+    def empty(self) -> None:
+        """Drop queued, in-flight and deferred messages; consumers' in-flight counts reset."""
+        self.memory.clear()
+        if self.backend is not None:
+            self.backend.empty()
+        self.in_flight.clear()
+        self.deferred.clear()
+        for client in list(self.clients.values()):
+            client.in_flight_count = 0
+            self.update_ready(client)
+
+    def close_clients(self) -> None:
+        for client in list(self.clients.values()):
+            client.close()
+
+    def drain_messages(self) -> list[Message]:
+        """Everything this channel still holds in memory, for a clean shutdown to persist."""
+        held = list(self.memory)
+        self.memory.clear()
+        for msg in self.in_flight.clear() + self.deferred.clear():
+            msg.client = None
+            held.append(msg)
+        return held

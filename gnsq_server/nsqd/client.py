@@ -1,0 +1,171 @@
+"""One TCP connection's state and its writer.
+
+Every frame for a client, whoever produces it (its own command loop, a publisher handing it a
+message, the sweeper), is appended to one output list; a single writer greenlet per client
+sends whatever has piled up in one `sendall` and sends the heartbeats. Publishers therefore
+never block on a slow consumer's socket, and frames stay in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import gevent
+from gevent.event import Event
+
+from ..wire import HEARTBEAT_FRAME
+from .message import Message
+
+log = logging.getLogger(__name__)
+
+STATE_INIT = 0
+STATE_SUBSCRIBED = 3
+STATE_CLOSING = 4
+
+#: nsqd's internal client timeout; the default heartbeat interval is half of it
+CLIENT_TIMEOUT = 60.0
+DEFAULT_OUTPUT_BUFFER_SIZE = 16 * 1024
+
+
+def format_address(address: tuple) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Client:
+    def __init__(self, nsqd, sock: socket.socket, address: tuple, client_number: int) -> None:
+        opts = nsqd.opts
+        self.nsqd = nsqd
+        self.sock = sock
+        self.id = client_number
+        self.remote_address = format_address(address)
+        self.client_id = address[0]
+        self.hostname = address[0]
+        self.user_agent = ""
+        self.state = STATE_INIT
+        self.ready_count = 0
+        self.in_flight_count = 0
+        self.message_count = 0
+        self.finish_count = 0
+        self.requeue_count = 0
+        self.connect_ts = int(time.time())
+        self.heartbeat_interval = CLIENT_TIMEOUT / 2
+        self.msg_timeout = opts.msg_timeout
+        self.output_buffer_size = DEFAULT_OUTPUT_BUFFER_SIZE
+        self.output_buffer_timeout = opts.output_buffer_timeout
+        self.sample_rate = 0
+        self.deflate = False
+        self.snappy = False
+        self.tls = False
+        self.tls_version = ""
+        self.tls_cipher_suite = ""
+        self.tls_negotiated_protocol = ""
+        self.tls_negotiated_protocol_is_mutual = False
+        self.authed = False
+        self.auth_identity = ""
+        self.auth_identity_url = ""
+        self.pub_counts: dict[str, int] = {}
+        self.channel = None
+        self.identified = False
+        self._out: list[bytes] = []
+        self._wake = Event()
+        self._closing = False
+        self._next_heartbeat = time.monotonic() + self.heartbeat_interval
+        self._writer = gevent.spawn(self._write_loop)
+        self._apply_timeouts()
+
+    def __repr__(self) -> str:
+        return f"<Client {self.remote_address}>"
+
+    # -- flow control -------------------------------------------------------------------
+
+    def is_ready(self) -> bool:
+        return self.in_flight_count < self.ready_count
+
+    def set_ready_count(self, count: int) -> None:
+        self.ready_count = count
+        if self.channel is not None:
+            self.channel.update_ready(self)
+
+    def start_close(self) -> None:
+        """CLS: stop deliveries; the client closes the socket once it has finished up."""
+        self.state = STATE_CLOSING
+        self.set_ready_count(0)
+
+    def set_heartbeat_interval(self, seconds: float) -> None:
+        """0 disables heartbeats and the read/write deadlines that go with them."""
+        self.heartbeat_interval = seconds
+        self._next_heartbeat = time.monotonic() + seconds
+        self._apply_timeouts()
+        self._wake.set()
+
+    def _apply_timeouts(self) -> None:
+        # nsqd's read deadline is two heartbeat intervals; the same bound serves for writes.
+        interval = self.heartbeat_interval
+        self.sock.settimeout(2 * interval if interval > 0 else None)
+
+    # -- output -------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        self._out.append(data)
+        self._wake.set()
+
+    def send_message(self, msg: Message) -> None:
+        self.message_count += 1
+        self._out.append(msg.frame())
+        self._wake.set()
+
+    def close(self) -> None:
+        """Flush what is queued, then close the connection (the command loop sees EOF)."""
+        self._closing = True
+        self._wake.set()
+
+    def wait_flushed(self, timeout: float = 1.0) -> None:
+        """Let the writer finish sending (used before closing on a fatal error)."""
+        self._closing = True
+        self._wake.set()
+        self._writer.join(timeout)
+
+    def _write_loop(self) -> None:
+        out, wake, sock = self._out, self._wake, self.sock
+        try:
+            while True:
+                if not out and not self._closing:
+                    interval = self.heartbeat_interval
+                    if interval > 0:
+                        wake.wait(max(0.0, self._next_heartbeat - time.monotonic()))
+                    else:
+                        wake.wait()
+                wake.clear()
+                interval = self.heartbeat_interval
+                now = time.monotonic()
+                if interval > 0 and now >= self._next_heartbeat:
+                    out.append(HEARTBEAT_FRAME)
+                    following = self._next_heartbeat + interval
+                    self._next_heartbeat = following if following > now else now + interval
+                if out:
+                    data = b"".join(out)
+                    out.clear()
+                    sock.sendall(data)
+                elif self._closing:
+                    break
+        except OSError as err:
+            log.info("CLIENT(%s): write failed - %s", self.remote_address, err)
+        finally:
+            self._closing = True
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def release(self) -> None:
+        """Final cleanup once the command loop has ended."""
+        self._closing = True
+        self._wake.set()
+        if gevent.getcurrent() is not self._writer:
+            self._writer.join(1.0)
+            self._writer.kill(block=False)
+        if self.channel is not None:
+            self.channel.remove_client(self)

@@ -1,0 +1,108 @@
+"""Messages, their IDs, and the one byte layout used both on the wire and on disk."""
+
+from __future__ import annotations
+
+import struct
+import time
+
+# [int64 timestamp_ns][uint16 attempts][16 bytes ASCII hex id][body ...]
+_HEADER = struct.Struct(">qH16s")
+HEADER_SIZE = _HEADER.size  # 26
+# A message frame: [int32 size][int32 frame type = 2] followed by the message encoding.
+_FRAME_HEADER = struct.Struct(">iiqH16s")
+_FRAME_TYPE_MESSAGE = 2
+
+# nsqd's guid.go snowflake: 41 bits of (ns >> 20) since twepoch, 10 bits node, 12 bits seq.
+_TWEPOCH = 1288834974288
+_NODE_SHIFT = 12
+_TIME_SHIFT = 22
+_SEQUENCE_MASK = 0xFFF
+
+
+class Message:
+    """One channel's copy of a message, plus its delivery state on that channel."""
+
+    __slots__ = (
+        "id",
+        "body",
+        "timestamp",
+        "attempts",
+        "defer",
+        "client",
+        "delivered_at",
+        "deadline",
+    )
+
+    def __init__(self, msg_id: bytes, body: bytes, timestamp: int, attempts: int = 0) -> None:
+        self.id = msg_id
+        self.body = body
+        self.timestamp = timestamp
+        self.attempts = attempts
+        #: seconds to hold the message back when it reaches a channel (DPUB), 0 otherwise
+        self.defer = 0.0
+        self.client = None
+        self.delivered_at = 0.0
+        self.deadline = 0.0
+
+    def copy(self) -> Message:
+        """The copy a further channel gets: same id, body and timestamp, its own state."""
+        twin = Message(self.id, self.body, self.timestamp, self.attempts)
+        twin.defer = self.defer
+        return twin
+
+    def encode(self) -> bytes:
+        """The disk encoding (also the payload of a message frame)."""
+        return _HEADER.pack(self.timestamp, self.attempts & 0xFFFF, self.id) + self.body
+
+    def frame(self) -> bytes:
+        """The whole message frame as sent to a consumer."""
+        return (
+            _FRAME_HEADER.pack(
+                len(self.body) + HEADER_SIZE + 4,
+                _FRAME_TYPE_MESSAGE,
+                self.timestamp,
+                self.attempts & 0xFFFF,
+                self.id,
+            )
+            + self.body
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Message:
+        if len(data) < HEADER_SIZE:
+            raise ValueError(f"message too short ({len(data)} bytes)")
+        timestamp, attempts, msg_id = _HEADER.unpack_from(data)
+        return cls(msg_id, data[HEADER_SIZE:], timestamp, attempts)
+
+    def __repr__(self) -> str:
+        return f"<Message {self.id.decode()} attempts={self.attempts} {len(self.body)}B>"
+
+
+class IdFactory:
+    """nsqd's 64-bit snowflake ids, rendered as 16 lowercase hex characters."""
+
+    def __init__(self, node_id: int) -> None:
+        if not 0 <= node_id < 1024:
+            raise ValueError(f"node id {node_id} must be in [0, 1024)")
+        self._node_bits = node_id << _NODE_SHIFT
+        self._last_ts = -1
+        self._sequence = 0
+
+    def next_id(self) -> bytes:
+        # A clock that went backwards keeps counting on the last tick rather than reuse ids.
+        ts = max(time.time_ns() >> 20, self._last_ts)
+        if ts == self._last_ts:
+            self._sequence = (self._sequence + 1) & _SEQUENCE_MASK
+            if self._sequence == 0:
+                # 4096 ids in one ~1 ms tick: wait for the next tick, as nsqd does.
+                while ts <= self._last_ts:
+                    time.sleep(0.0002)
+                    ts = time.time_ns() >> 20
+        else:
+            self._sequence = 0
+        self._last_ts = ts
+        value = ((ts - _TWEPOCH) << _TIME_SHIFT) | self._node_bits | self._sequence
+        return b"%016x" % value
+
+    def new_message(self, body: bytes) -> Message:
+        return Message(self.next_id(), body, time.time_ns())

@@ -1,0 +1,114 @@
+"""Wiring and lifecycle of gnsqd: listeners, the HTTP app, signals, clean shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import gevent
+from gevent import socket
+from gevent.event import Event
+from gevent.pywsgi import WSGIServer
+from gevent.server import StreamServer
+
+from ..config import split_host_port
+from .nsqd import NSQD
+from .tcp import TCPHandler
+
+log = logging.getLogger(__name__)
+
+LISTEN_BACKLOG = 1024
+
+
+def bind_listener(address: str) -> socket.socket:
+    """A listening TCP socket with SO_REUSEADDR, so a restart can rebind at once."""
+    host, port = split_host_port(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host or "0.0.0.0", port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def listening_address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class NSQDServer:
+    """gnsqd in one object: start() binds and serves, stop() shuts down cleanly."""
+
+    def __init__(self, opts) -> None:
+        self.opts = opts
+        self.nsqd = NSQD(opts)
+        self._tcp_server: StreamServer | None = None
+        self._http_server: WSGIServer | None = None
+        self._stopped = Event()
+
+    @property
+    def tcp_port(self) -> int:
+        return self.nsqd.tcp_port
+
+    @property
+    def http_port(self) -> int:
+        return self.nsqd.http_port
+
+    def start(self) -> None:
+        """Bind every listener (raising OSError naming the address), then start serving."""
+        tcp_sock = self._bind("TCP", self.opts.tcp_address)
+        http_sock = self._bind("HTTP", self.opts.http_address) if self.opts.http_address else None
+        self.nsqd.tcp_port = tcp_sock.getsockname()[1]
+        if http_sock is not None:
+            self.nsqd.http_port = http_sock.getsockname()[1]
+        self.nsqd.start()
+        self._tcp_server = StreamServer(tcp_sock, TCPHandler(self.nsqd))
+        self._tcp_server.start()
+        log.info("TCP: listening on %s", listening_address(tcp_sock))
+        if http_sock is not None:
+            from .http import create_app
+
+            self._http_server = WSGIServer(http_sock, create_app(self.nsqd), log=None)
+            self._http_server.start()
+            log.info("HTTP: listening on %s", listening_address(http_sock))
+
+    def _bind(self, kind: str, address: str) -> socket.socket:
+        try:
+            return bind_listener(address)
+        except OSError as err:
+            raise OSError(err.errno, f"{kind}: listen ({address}) failed - {err.strerror}") from err
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info("NSQ: closing")
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        for client in list(self.nsqd.clients.values()):
+            client.close()
+        if self._http_server is not None:
+            self._http_server.close()
+        self.nsqd.stop()
+        log.info("NSQ: bye")
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+
+def run(opts) -> int:
+    """Serve until SIGTERM or SIGINT; the exit status for the CLI."""
+    server = NSQDServer(opts)
+    try:
+        server.start()
+    except OSError as err:
+        log.critical("%s", err.strerror or err)
+        return 1
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, lambda: gevent.spawn(server.stop))
+    server.wait()
+    return 0

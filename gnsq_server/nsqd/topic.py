@@ -1,0 +1,219 @@
+"""A topic: accepts publishes and gives every channel its own copy of each message."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import gevent
+
+from .channel import Channel, QueueFull
+from .message import IdFactory, Message
+
+if TYPE_CHECKING:
+    from .nsqd import NSQD
+
+log = logging.getLogger(__name__)
+
+#: messages handed on per turn while a backlog drains, before yielding to other greenlets
+_DRAIN_BATCH = 512
+
+
+class PublishError(Exception):
+    """A publish the topic could not accept (nsqd answers E_PUB_FAILED / HTTP 500)."""
+
+
+class TopicExiting(PublishError):
+    """The topic is being deleted or the daemon is stopping (HTTP 503 EXITING)."""
+
+
+class DiscardBackend:
+    """Ephemeral topics and channels drop what does not fit in memory, as nsqd does."""
+
+    def put(self, data: bytes) -> None:
+        pass
+
+    def put_many(self, items: list[bytes]) -> None:
+        pass
+
+    def get(self) -> bytes | None:
+        return None
+
+    def depth(self) -> int:
+        return 0
+
+    def empty(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def delete(self) -> None:
+        pass
+
+
+class Topic:
+    def __init__(self, nsqd: NSQD, name: str, ephemeral: bool, backend) -> None:
+        self.nsqd = nsqd
+        self.name = name
+        self.ephemeral = ephemeral
+        self.backend = backend
+        self.paused = False
+        self.exiting = False
+        self.channels: dict[str, Channel] = {}
+        self.memory: deque[Message] = deque()
+        self._mem_capacity = nsqd.opts.mem_queue_size
+        self._ids = IdFactory(nsqd.opts.id)
+        self._drainer: gevent.Greenlet | None = None
+        self.message_count = 0
+        self.message_bytes = 0
+
+    def __repr__(self) -> str:
+        return f"<Topic {self.name}>"
+
+    def depth(self) -> int:
+        return len(self.memory) + self.backend_depth()
+
+    def backend_depth(self) -> int:
+        return self.backend.depth() if self.backend is not None else 0
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def publish(self, bodies: list[bytes], defer: float = 0.0) -> None:
+        """Accept a batch all or nothing; `defer` (seconds) holds it back in every channel."""
+        if self.exiting:
+            raise TopicExiting("exiting")
+        new_message = self._ids.new_message
+        msgs = [new_message(body) for body in bodies]
+        if defer > 0:
+            for msg in msgs:
+                msg.defer = defer
+        holding = self.paused or not self.channels or self.depth() > 0
+        self._check_room(len(msgs), holding)
+        try:
+            if holding:
+                self._hold(msgs)
+            else:
+                self._fan_out(msgs)
+        except OSError as err:
+            log.error("TOPIC(%s): failed to write messages to disk - %s", self.name, err)
+            self.nsqd.set_unhealthy(err)
+            raise PublishError(str(err)) from err
+        self.message_count += len(msgs)
+        self.message_bytes += sum(len(body) for body in bodies)
+        if holding:
+            self._start_draining()
+
+    def _check_room(self, count: int, holding: bool) -> None:
+        """Without a disk queue, refuse a batch that would not fit rather than drop it."""
+        if holding:
+            if self.backend is None and len(self.memory) + count > self._mem_capacity:
+                raise PublishError(f"topic {self.name} memory queue is full")
+            return
+        for channel in self.channels.values():
+            room = channel.room()
+            if room is not None and room < count:
+                raise PublishError(f"channel {self.name}:{channel.name} memory queue is full")
+
+    def _hold(self, msgs: list[Message]) -> None:
+        """Keep messages in the topic until it has an unpaused channel to give them to."""
+        room = self._mem_capacity - len(self.memory)
+        if room > 0:
+            self.memory.extend(msgs[:room])
+            msgs = msgs[room:]
+        if msgs and self.backend is not None:
+            self.backend.put_many([msg.encode() for msg in msgs])
+
+    def _fan_out(self, msgs: list[Message]) -> None:
+        channels = list(self.channels.values())
+        first, rest = channels[0], channels[1:]
+        for msg in msgs:
+            for channel in rest:
+                channel.put(msg.copy())
+            first.put(msg)
+
+    def _take(self) -> Message | None:
+        if self.memory:
+            return self.memory.popleft()
+        if self.backend is not None and self.backend.depth():
+            data = self.backend.get()
+            if data is not None:
+                return Message.decode(data)
+        return None
+
+    def _start_draining(self) -> None:
+        if self._drainer is None and not self.paused and self.channels and self.depth():
+            self._drainer = gevent.spawn(self._drain)
+
+    def _drain(self) -> None:
+        """Hand a backlog to the channels in batches, yielding between batches."""
+        try:
+            while not self.paused and self.channels and not self.exiting:
+                batch = []
+                while len(batch) < _DRAIN_BATCH:
+                    msg = self._take()
+                    if msg is None:
+                        break
+                    batch.append(msg)
+                if not batch:
+                    return
+                try:
+                    self._fan_out(batch)
+                except QueueFull:
+                    # Channels without a disk queue are full: put the rest back and wait.
+                    log.warning("TOPIC(%s): channels full, holding backlog", self.name)
+                    self.memory.extendleft(reversed(batch))
+                    gevent.sleep(0.1)
+                    continue
+                gevent.sleep(0)
+        finally:
+            self._drainer = None
+
+    # -- channels -----------------------------------------------------------------------
+
+    def get_channel(self, name: str) -> Channel:
+        channel = self.channels.get(name)
+        if channel is None:
+            channel = self.nsqd.new_channel(self, name)
+            self.channels[name] = channel
+            log.info("TOPIC(%s): new channel(%s)", self.name, name)
+            self.nsqd.notify("channel_created", channel)
+            self._start_draining()
+        return channel
+
+    def find_channel(self, name: str) -> Channel | None:
+        return self.channels.get(name)
+
+    def delete_channel(self, name: str) -> None:
+        channel = self.channels.pop(name)  # KeyError when missing
+        channel.exiting = True
+        log.info("TOPIC(%s): deleting channel(%s)", self.name, name)
+        channel.close_clients()
+        channel.empty()
+        if channel.backend is not None:
+            channel.backend.delete()
+        self.nsqd.notify("channel_deleted", channel)
+        if self.ephemeral and not self.channels and not self.exiting:
+            self.nsqd.delete_topic(self.name)
+
+    # -- administration -----------------------------------------------------------------
+
+    def pause(self) -> None:
+        self.paused = True
+        self.nsqd.notify("topic_paused", self)
+
+    def unpause(self) -> None:
+        self.paused = False
+        self.nsqd.notify("topic_unpaused", self)
+        self._start_draining()
+
+    def empty(self) -> None:
+        self.memory.clear()
+        if self.backend is not None:
+            self.backend.empty()
+
+    def each_channel(self, action: Callable[[Channel], None]) -> None:
+        for channel in list(self.channels.values()):
+            action(channel)
