@@ -1,0 +1,144 @@
+"""Console entry points ``gnsqd`` and ``gnsqlookupd``; the only module that monkey-patches."""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import importlib  # noqa: E402
+import platform  # noqa: E402
+from typing import Any  # noqa: E402
+
+import click  # noqa: E402
+from click.core import ParameterSource  # noqa: E402
+
+from gnsq_server import NSQ_VERSION  # noqa: E402
+from gnsq_server.config import (  # noqa: E402
+    DURATION,
+    FLOATS,
+    INT,
+    NSQD,
+    NSQLOOKUPD,
+    STRS,
+    TLS_MIN_VERSION,
+    TLS_REQUIRED,
+    ConfigError,
+    Option,
+    default_text,
+    is_bool_flag,
+    load_options,
+    normalize_go_flags,
+    option_table,
+)
+from gnsq_server.logs import setup_logging  # noqa: E402
+
+_METAVARS = {
+    INT: "INT",
+    DURATION: "DURATION",
+    STRS: "ADDR",
+    FLOATS: "FLOAT[,FLOAT]",
+    TLS_REQUIRED: "[=true|false|tcp-https]",
+    TLS_MIN_VERSION: "VERSION",
+}
+
+
+def version_line(prog: str) -> str:
+    """What ``--version`` prints, shaped like ``nsqd v1.3.0 (built w/go1.21.5)``."""
+    return f"{prog} v{NSQ_VERSION} (built w/python{platform.python_version()})"
+
+
+class GoFlagCommand(click.Command):
+    """A click command that first rewrites Go's flag forms (``-flag value``, bare booleans)."""
+
+    def __init__(self, *args: Any, daemon: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.daemon = daemon
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, normalize_go_flags(self.daemon, args))
+
+
+def _click_option(opt: Option) -> click.Option:
+    # Every value reaches load_options as text, so it parses and reports errors in one place.
+    # The ``default`` is only what --help shows: values whose source is not the command line
+    # are dropped, so the config file and the real defaults are not overridden.
+    metavar = "[=BOOL]" if is_bool_flag(opt) and opt.kind != TLS_REQUIRED else None
+    return click.Option(
+        [f"--{opt.flag}", opt.flag.replace("-", "_")],
+        type=str,
+        multiple=opt.repeatable,
+        default=None if opt.repeatable else (default_text(opt) or None),
+        show_default=not opt.repeatable,
+        metavar=metavar or _METAVARS.get(opt.kind, "TEXT"),
+        help=opt.help,
+    )
+
+
+def _make_command(daemon: str, prog: str, server_module: str, summary: str) -> click.Command:
+    table = [opt for opt in option_table(daemon)]
+    flag_of = {opt.flag.replace("-", "_"): opt.flag for opt in table}
+
+    def show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value and not ctx.resilient_parsing:
+            click.echo(version_line(prog))
+            ctx.exit(0)
+
+    def main(**params: Any) -> None:
+        ctx = click.get_current_context()
+        flags = {
+            flag_of[name]: list(value) if isinstance(value, tuple) else value
+            for name, value in params.items()
+            if name in flag_of and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+        }
+        try:
+            opts = load_options(daemon, flags, params["config"])
+        except ConfigError as exc:
+            click.echo(f"{prog}: {exc}", err=True)
+            ctx.exit(2)
+        setup_logging(opts.log_prefix, opts.log_level)
+        server = importlib.import_module(server_module)
+        ctx.exit(int(server.run(opts) or 0))
+
+    params: list[click.Parameter] = [
+        click.Option(
+            ["-c", "--config"],
+            metavar="FILE",
+            help=f"path to config file (.ini with a [{daemon}] section, else nsqd's TOML)",
+        ),
+        click.Option(
+            ["--version"],
+            is_flag=True,
+            expose_value=False,
+            is_eager=True,
+            callback=show_version,
+            help="print version string",
+        ),
+        *(_click_option(opt) for opt in table),
+    ]
+    return GoFlagCommand(
+        prog,
+        daemon=daemon,
+        callback=main,
+        params=params,
+        help=summary,
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
+    )
+
+
+gnsqd: click.Command = _make_command(
+    NSQD,
+    "gnsqd",
+    "gnsq_server.nsqd.server",
+    f"nsqd {NSQ_VERSION} re-implemented in Python on gevent: receives, queues and delivers "
+    "messages. Flags take Go's forms (-flag=value, --flag value, bare booleans).",
+)
+
+gnsqlookupd: click.Command = _make_command(
+    NSQLOOKUPD,
+    "gnsqlookupd",
+    "gnsq_server.lookupd.server",
+    f"nsqlookupd {NSQ_VERSION} re-implemented in Python on gevent: the directory of which "
+    "nsqd has which topics. Flags take Go's forms (-flag=value, --flag value, bare booleans).",
+)
+
+__all__ = ["gnsqd", "gnsqlookupd", "version_line", "GoFlagCommand"]
+

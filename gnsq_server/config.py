@@ -1,0 +1,898 @@
+"""Option tables for nsqd and nsqlookupd, shared by flags, ``.ini`` files and nsqd's TOML files.
+
+Core module: it parses and validates, and never opens a socket, so a bad option is reported
+before any port is bound. Values follow nsqd 1.3.0: Go duration syntax, Go's flag forms, the same
+defaults, the same checks (plus a few range checks where Go would panic or silently misbehave).
+"""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import re
+import socket
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+NSQD = "nsqd"
+NSQLOOKUPD = "nsqlookupd"
+
+# Option kinds.
+INT = "int"
+BOOL = "bool"
+STR = "str"
+DURATION = "duration"
+STRS = "strs"  # list of str, repeatable flag
+FLOATS = "floats"  # list of float, repeatable flag, each occurrence may be comma separated
+LOG_LEVEL = "log_level"
+TLS_REQUIRED = "tls_required"
+TLS_MIN_VERSION = "tls_min_version"
+IGNORED = "ignored"  # deprecated flag: accepted with any value, has no effect
+
+TLS_NOT_REQUIRED = 0
+TLS_REQUIRED_EXCEPT_HTTP = 1
+TLS_REQUIRED_ALWAYS = 2
+TLS_VERSIONS = {"tls1.0": 0x0301, "tls1.1": 0x0302, "tls1.2": 0x0303, "tls1.3": 0x0304}
+LOG_LEVELS = {"debug": 1, "info": 2, "warn": 3, "error": 4, "fatal": 5}
+
+_SECOND_NS = 1_000_000_000
+_MAX_NS = 2**63 - 1
+
+
+class ConfigError(ValueError):
+    """An invalid option; ``str()`` is one line naming the key and where its value came from."""
+
+    def __init__(self, key: str, source: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem} (from {source})")
+        self.key = key
+        self.source = source
+        self.problem = problem
+
+
+class _Bad(Exception):
+    """A value problem, before the key and source are known."""
+
+
+# --- hostname-derived defaults -------------------------------------------------------------
+
+
+def hostname() -> str:
+    """The OS hostname, as Go's os.Hostname returns it (nsqd's broadcast_address default)."""
+    return socket.gethostname()
+
+
+def default_node_id(host: str | None = None) -> int:
+    """nsqd's default --node-id: IEEE crc32 of the md5 digest of the hostname, mod 1024."""
+    digest = hashlib.md5((hostname() if host is None else host).encode()).digest()
+    return zlib.crc32(digest) % 1024
+
+
+# --- the tables ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its flag, cfg key (attribute name on Options), kind, default and help."""
+
+    flag: str
+    kind: str
+    default: Any  # the typed value, or a zero-argument callable for host-derived defaults
+    help: str
+    cfg: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.cfg:
+            object.__setattr__(self, "cfg", self.flag.replace("-", "_"))
+
+    @property
+    def repeatable(self) -> bool:
+        return self.kind in (STRS, FLOATS)
+
+    def default_value(self) -> Any:
+        value = self.default() if callable(self.default) else self.default
+        return list(value) if isinstance(value, list) else value
+
+
+_COMMON_LOG = (
+    Option("log-level", LOG_LEVEL, "info", "set log verbosity: debug, info, warn, error, or fatal"),
+)
+
+NSQD_OPTIONS: tuple[Option, ...] = (
+    *_COMMON_LOG,
+    Option("log-prefix", STR, "[nsqd] ", "log message prefix"),
+    Option("verbose", IGNORED, None, "[deprecated] has no effect, use --log-level"),
+    Option(
+        "node-id", INT, default_node_id,
+        "unique part for message IDs, (int) in range [0,1024) (default is hash of hostname)",
+        cfg="id", minimum=0, maximum=1023,
+    ),
+    Option("worker-id", IGNORED, None, "[deprecated] use --node-id"),
+    Option("https-address", STR, "0.0.0.0:4152", "<addr>:<port> to listen on for HTTPS clients"),
+    Option(
+        "http-address", STR, "0.0.0.0:4151",
+        "<addr>:<port> (or unix socket path) to listen on for HTTP clients; empty disables HTTP",
+    ),
+    Option(
+        "tcp-address", STR, "0.0.0.0:4150",
+        "<addr>:<port> (or unix socket path) to listen on for TCP clients",
+    ),
+    Option(
+        "auth-http-address", STRS, [],
+        "<addr>:<port> or a full url to query auth server (may be given multiple times)",
+        cfg="auth_http_addresses",
+    ),
+    Option(
+        "broadcast-address", STR, hostname,
+        "address that will be registered with lookupd (defaults to the OS hostname)",
+    ),
+    Option(
+        "broadcast-tcp-port", INT, 0,
+        "TCP port that will be registered with lookupd (defaults to the TCP port nsqd listens on)",
+        minimum=0, maximum=65535,
+    ),
+    Option(
+        "broadcast-http-port", INT, 0,
+        "HTTP port that will be registered with lookupd "
+        "(defaults to the HTTP port nsqd listens on)",
+        minimum=0, maximum=65535,
+    ),
+    Option(
+        "lookupd-tcp-address", STRS, [], "lookupd TCP address (may be given multiple times)",
+        cfg="nsqlookupd_tcp_addresses",
+    ),
+    Option("http-client-connect-timeout", DURATION, 2.0, "timeout for HTTP connect"),
+    Option("http-client-request-timeout", DURATION, 5.0, "timeout for HTTP request"),
+    Option("data-path", STR, "", "path to store disk-backed messages"),
+    Option(
+        "mem-queue-size", INT, 10000,
+        "number of messages to keep in memory (per topic/channel)", minimum=0,
+    ),
+    Option(
+        "max-bytes-per-file", INT, 104857600,
+        "number of bytes per diskqueue file before rolling", minimum=1,
+    ),
+    Option("sync-every", INT, 2500, "number of messages per diskqueue fsync", minimum=1),
+    Option("sync-timeout", DURATION, 2.0, "duration of time per diskqueue fsync"),
+    Option(
+        "queue-scan-worker-pool-max", INT, 4,
+        "max concurrency for checking in-flight and deferred message timeouts", minimum=1,
+    ),
+    Option(
+        "queue-scan-selection-count", INT, 20,
+        "number of channels to check per cycle (every 100ms) for in-flight and deferred timeouts",
+        minimum=1,
+    ),
+    Option(
+        "msg-timeout", DURATION, 60.0, "default duration to wait before auto-requeing a message"
+    ),
+    Option(
+        "max-msg-timeout", DURATION, 900.0, "maximum duration before a message will timeout"
+    ),
+    Option(
+        "max-msg-size", INT, 1048576, "maximum size of a single message in bytes", minimum=1
+    ),
+    Option(
+        "max-req-timeout", DURATION, 3600.0, "maximum requeuing timeout for a message"
+    ),
+    Option("max-body-size", INT, 5242880, "maximum size of a single command body", minimum=1),
+    Option(
+        "max-heartbeat-interval", DURATION, 60.0,
+        "maximum client configurable duration of time between client heartbeats",
+    ),
+    Option("max-rdy-count", INT, 2500, "maximum RDY count for a client", minimum=0),
+    Option(
+        "max-output-buffer-size", INT, 65536,
+        "maximum client configurable size (in bytes) for a client output buffer", minimum=0,
+    ),
+    Option(
+        "max-output-buffer-timeout", DURATION, 30.0,
+        "maximum client configurable duration of time between flushing to a client",
+    ),
+    Option(
+        "min-output-buffer-timeout", DURATION, 0.025,
+        "minimum client configurable duration of time between flushing to a client",
+    ),
+    Option(
+        "output-buffer-timeout", DURATION, 0.25,
+        "default duration of time between flushing data to clients",
+    ),
+    Option(
+        "max-channel-consumers", INT, 0,
+        "maximum channel consumer connection count per nsqd instance (default 0, i.e., unlimited)",
+        minimum=0,
+    ),
+    Option("statsd-address", STR, "", "UDP <addr>:<port> of a statsd daemon for pushing stats"),
+    Option("statsd-interval", DURATION, 60.0, "duration between pushing to statsd"),
+    Option("statsd-mem-stats", BOOL, True, "toggle sending memory and GC stats to statsd"),
+    Option(
+        "statsd-prefix", STR, "nsq.%s",
+        "prefix used for keys sent to statsd (%s for host replacement)",
+    ),
+    Option(
+        "statsd-udp-packet-size", INT, 508, "the size in bytes of statsd UDP packets", minimum=1
+    ),
+    Option(
+        "statsd-exclude-ephemeral", BOOL, False,
+        "skip ephemeral topics and channels when sending stats to statsd",
+    ),
+    Option(
+        "e2e-processing-latency-percentile", FLOATS, [],
+        "message processing time percentiles (as float (0, 1.0]) to track "
+        "(can be specified multiple times or comma separated '1.0,0.99,0.95', default none)",
+        cfg="e2e_processing_latency_percentiles",
+    ),
+    Option(
+        "e2e-processing-latency-window-time", DURATION, 600.0,
+        "calculate end to end latency quantiles for this duration of time "
+        "(ie: 60s would only show quantile calculations from the past 60 seconds)",
+    ),
+    Option("tls-cert", STR, "", "path to certificate file"),
+    Option("tls-key", STR, "", "path to key file"),
+    Option(
+        "tls-client-auth-policy", STR, "",
+        "client certificate auth policy ('require' or 'require-verify')",
+    ),
+    Option("tls-root-ca-file", STR, "", "path to certificate authority file"),
+    Option(
+        "tls-required", TLS_REQUIRED, TLS_NOT_REQUIRED,
+        "require TLS for client connections (true, false, tcp-https)",
+    ),
+    Option(
+        "tls-min-version", TLS_MIN_VERSION, TLS_VERSIONS["tls1.0"],
+        "minimum SSL/TLS version acceptable ('tls1.0', 'tls1.1', 'tls1.2' or 'tls1.3')",
+    ),
+    Option("deflate", BOOL, True, "enable deflate feature negotiation (client compression)"),
+    Option(
+        "max-deflate-level", INT, 6,
+        "max deflate compression level a client can negotiate (> values == > nsqd CPU usage)",
+        minimum=1, maximum=9,
+    ),
+    Option("snappy", BOOL, True, "enable snappy feature negotiation (client compression)"),
+    # gnsq-only options below this line.
+    Option(
+        "crash-safe", BOOL, False,
+        "acknowledge a publish only after it is fsynced to disk; survives kill -9",
+    ),
+)
+
+NSQLOOKUPD_OPTIONS: tuple[Option, ...] = (
+    *_COMMON_LOG,
+    Option("log-prefix", STR, "[nsqlookupd] ", "log message prefix"),
+    Option("verbose", IGNORED, None, "[deprecated] has no effect, use --log-level"),
+    Option("tcp-address", STR, "0.0.0.0:4160", "<addr>:<port> to listen on for TCP clients"),
+    Option("http-address", STR, "0.0.0.0:4161", "<addr>:<port> to listen on for HTTP clients"),
+    Option(
+        "broadcast-address", STR, hostname,
+        "address of this lookupd node, (default to the OS hostname)",
+    ),
+    Option(
+        "inactive-producer-timeout", DURATION, 300.0,
+        "duration of time a producer will remain in the active list since its last ping",
+    ),
+    Option(
+        "tombstone-lifetime", DURATION, 45.0,
+        "duration of time a producer will remain tombstoned if registration remains",
+    ),
+)
+
+_TABLES = {NSQD: NSQD_OPTIONS, NSQLOOKUPD: NSQLOOKUPD_OPTIONS}
+
+
+def option_table(daemon: str) -> tuple[Option, ...]:
+    """The option table of ``nsqd`` or ``nsqlookupd``."""
+    try:
+        return _TABLES[daemon]
+    except KeyError:
+        raise ValueError(f"unknown daemon {daemon!r} (nsqd or nsqlookupd)") from None
+
+
+def find_option(daemon: str, name: str) -> Option | None:
+    """Look an option up by flag name (``mem-queue-size``, dashes optional) or cfg key."""
+    name = name.lstrip("-")
+    for opt in option_table(daemon):
+        if name in (opt.flag, opt.cfg):
+            return opt
+    return None
+
+
+# --- durations -----------------------------------------------------------------------------
+
+_UNIT_NS = {
+    "ns": 1,
+    "us": 1_000,
+    "\u00b5s": 1_000,  # micro sign, what Go prints
+    "\u03bcs": 1_000,  # greek mu
+    "ms": 1_000_000,
+    "s": _SECOND_NS,
+    "m": 60 * _SECOND_NS,
+    "h": 3600 * _SECOND_NS,
+}
+_NUMBER = re.compile(r"([0-9]*)(?:\.([0-9]*))?")
+_UNIT = re.compile(r"[^0-9.]*")
+
+
+def parse_duration_ns(text: str) -> int:
+    """Go's time.ParseDuration, in integer nanoseconds (``1m0s``, ``250ms``, ``1.5h``, ``0``)."""
+    s = text
+    negative = False
+    if s[:1] in ("+", "-"):
+        negative = s[0] == "-"
+        s = s[1:]
+    if s == "0":
+        return 0
+    if not s:
+        raise ValueError(f'time: invalid duration "{text}"')
+    total = 0
+    while s:
+        number = _NUMBER.match(s)
+        whole, frac = number.group(1), number.group(2)
+        if not whole and not frac:
+            raise ValueError(f'time: invalid duration "{text}"')
+        s = s[number.end() :]
+        unit = _UNIT.match(s).group(0)
+        s = s[len(unit) :]
+        if not unit:
+            raise ValueError(f'time: missing unit in duration "{text}"')
+        if unit not in _UNIT_NS:
+            raise ValueError(f'time: unknown unit "{unit}" in duration "{text}"')
+        scale = _UNIT_NS[unit]
+        total += int(whole or 0) * scale
+        if frac:
+            total += int(frac) * scale // 10 ** len(frac)
+        if total > _MAX_NS:
+            raise ValueError(f'time: invalid duration "{text}"')
+    return -total if negative else total
+
+
+def parse_duration(text: str) -> float:
+    """Go's time.ParseDuration, in float seconds; raises ValueError with Go's message."""
+    return parse_duration_ns(text) / _SECOND_NS
+
+
+def _with_fraction(value: int, digits: int) -> str:
+    whole, frac = divmod(value, 10**digits)
+    frac_text = str(frac).rjust(digits, "0").rstrip("0")
+    return f"{whole}.{frac_text}" if frac_text else str(whole)
+
+
+def format_duration_ns(ns: int) -> str:
+    """Go's time.Duration.String for integer nanoseconds."""
+    if ns == 0:
+        return "0s"
+    sign = "-" if ns < 0 else ""
+    u = abs(ns)
+    if u < 1_000:
+        return f"{sign}{u}ns"
+    if u < 1_000_000:
+        return f"{sign}{_with_fraction(u, 3)}\u00b5s"
+    if u < _SECOND_NS:
+        return f"{sign}{_with_fraction(u, 6)}ms"
+    whole_seconds, frac_ns = divmod(u, _SECOND_NS)
+    text = _with_fraction((whole_seconds % 60) * _SECOND_NS + frac_ns, 9) + "s"
+    minutes = whole_seconds // 60
+    if minutes:
+        text = f"{minutes % 60}m{text}"
+        if minutes // 60:
+            text = f"{minutes // 60}h{text}"
+    return sign + text
+
+
+def format_duration(seconds: float) -> str:
+    """Go's time.Duration.String for float seconds: ``1m0s``, ``250ms``, ``1h0m0s``."""
+    return format_duration_ns(round(seconds * _SECOND_NS))
+
+
+def seconds_to_ns(seconds: float) -> int:
+    """Float seconds (how Options holds durations) to the int nanoseconds nsqd reports."""
+    return round(seconds * _SECOND_NS)
+
+
+# --- addresses -----------------------------------------------------------------------------
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """Go's net.SplitHostPort with a numeric port: ``[::1]:4150`` -> ``("::1", 4150)``."""
+    if address.startswith("["):
+        close = address.find("]")
+        if close < 0 or not address[close + 1 : close + 2] == ":":
+            raise ValueError(f"address {address}: missing port in address")
+        host, port = address[1:close], address[close + 2 :]
+        if "[" in host or "]" in port or "[" in port:
+            raise ValueError(f"address {address}: unexpected bracket in address")
+    else:
+        host, sep, port = address.rpartition(":")
+        if not sep:
+            raise ValueError(f"address {address}: missing port in address")
+        if ":" in host:
+            raise ValueError(f"address {address}: too many colons in address")
+    if not port.isdigit() or not port.isascii() or int(port) > 65535:
+        raise ValueError(f"address {address}: invalid port {port!r}")
+    return host, int(port)
+
+
+def join_host_port(host: str, port: int) -> str:
+    """Go's net.JoinHostPort: brackets around IPv6 hosts."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def expand_statsd_prefix(prefix: str, broadcast_address: str, http_port: int) -> str:
+    """nsqd's statsd prefix: ``%s`` -> host key (``.``/``:`` -> ``_``), trailing ``.`` added."""
+    if not prefix:
+        return prefix
+    host_key = join_host_port(broadcast_address, http_port).replace(".", "_").replace(":", "_")
+    expanded = prefix.replace("%s", host_key)
+    return expanded if expanded.endswith(".") else expanded + "."
+
+
+# --- value coercion ------------------------------------------------------------------------
+
+_GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_GO_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+
+
+def parse_go_bool(text: str) -> bool:
+    """Go's strconv.ParseBool."""
+    if text in _GO_TRUE:
+        return True
+    if text in _GO_FALSE:
+        return False
+    raise ValueError(f"invalid boolean {text!r}")
+
+
+def is_go_bool(text: str) -> bool:
+    return text in _GO_TRUE or text in _GO_FALSE
+
+
+def _parse_go_int(text: str) -> int:
+    # strconv.ParseInt(s, 0, 64): 0x / 0o / 0b prefixes, legacy leading-zero octal, underscores.
+    if text != text.strip() or not text:
+        raise _Bad(f"invalid integer {text!r}")
+    if re.fullmatch(r"[+-]?0[0-7]+", text):
+        return int(text, 8)
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise _Bad(f"invalid integer {text!r}") from None
+    if not -(2**63) <= value < 2**63:
+        raise _Bad(f"integer {text!r} out of range")
+    return value
+
+
+def _parse_go_float(text: str) -> float:
+    try:
+        if text != text.strip() or "_" in text:
+            raise ValueError(text)
+        return float(text)
+    except ValueError:
+        raise _Bad(f"invalid number {text!r}") from None
+
+
+def _duration_from_text(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+
+
+def _split_list(text: str) -> list[str]:
+    return [_unquote(part.strip()) for part in re.split(r"[,\n]", text) if part.strip()]
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    return text
+
+
+# Where a value comes from decides how non-string values read, as in nsqd:
+#   FLAG    every value is text, as Go's flag package sees it;
+#   TOML    ints for durations are milliseconds (go-options), tls_* go through their text form;
+#   NATIVE  Python callers: Options' own representation (durations in seconds, tls codes as ints).
+FLAG, INI, TOML, NATIVE = "flag", "ini", "toml", "native"
+
+
+def _coerce(opt: Option, raw: Any, mode: str) -> Any:
+    kind = opt.kind
+    if kind == IGNORED:
+        return None
+    if mode == FLAG and not isinstance(raw, (str, list, tuple)):
+        raw = str(raw)
+    if opt.repeatable:
+        return _coerce_list(opt, raw, mode)
+    if isinstance(raw, (list, tuple, dict)):
+        raise _Bad(f"expected a single value, got {raw!r}")
+    if kind == INT:
+        if isinstance(raw, bool) or isinstance(raw, float):
+            raise _Bad(f"invalid integer {raw!r}")
+        value = raw if isinstance(raw, int) else _parse_go_int(str(raw))
+        return _check_range(opt, value)
+    if kind == BOOL:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, int) and raw in (0, 1):
+            return bool(raw)
+        if isinstance(raw, str):
+            try:
+                return parse_go_bool(raw)
+            except ValueError:
+                pass
+        raise _Bad(f"invalid boolean {raw!r} (true or false)")
+    if kind == STR:
+        if not isinstance(raw, str):
+            raise _Bad(f"expected a string, got {raw!r}")
+        return raw if mode != INI else _unquote(raw)
+    if kind == DURATION:
+        if isinstance(raw, str):
+            value = _duration_from_text(raw)
+        elif isinstance(raw, bool):
+            raise _Bad(f"invalid duration {raw!r}")
+        elif isinstance(raw, (int, float)):
+            value = raw / 1000 if mode == TOML else float(raw)
+        else:
+            raise _Bad(f"invalid duration {raw!r}")
+        if value < 0:
+            raise _Bad(f"duration {raw!r} must not be negative")
+        return value
+    if kind == LOG_LEVEL:
+        name = str(raw).lower()
+        name = "warn" if name == "warning" else name
+        if name not in LOG_LEVELS:
+            raise _Bad(f"invalid log level {raw!r} (debug, info, warn, error, fatal)")
+        return name
+    if kind == TLS_REQUIRED:
+        if mode == NATIVE and isinstance(raw, int) and not isinstance(raw, bool):
+            if raw not in (0, 1, 2):
+                raise _Bad(f"invalid tls_required {raw!r} (0, 1 or 2)")
+            return raw
+        text = str(raw).lower()
+        if text == "tcp-https":
+            return TLS_REQUIRED_EXCEPT_HTTP
+        try:
+            return TLS_REQUIRED_ALWAYS if parse_go_bool(text) else TLS_NOT_REQUIRED
+        except ValueError:
+            raise _Bad(f"invalid tls_required {raw!r} (true, false or tcp-https)") from None
+    if kind == TLS_MIN_VERSION:
+        if mode == NATIVE and isinstance(raw, int) and not isinstance(raw, bool):
+            if raw not in TLS_VERSIONS.values():
+                raise _Bad(f"invalid tls_min_version {raw!r} (0x0301..0x0304)")
+            return raw
+        text = str(raw).lower()
+        if text == "":
+            return opt.default_value()
+        if text not in TLS_VERSIONS:
+            raise _Bad(f"invalid tls_min_version {raw!r} (tls1.0, tls1.1, tls1.2 or tls1.3)")
+        return TLS_VERSIONS[text]
+    raise AssertionError(f"unhandled option kind {kind}")
+
+
+def _coerce_list(opt: Option, raw: Any, mode: str) -> list:
+    if isinstance(raw, str):
+        # Flags: one occurrence is one address (Go's StringArray); files: comma/newline lists.
+        items: list = [raw] if mode == FLAG and opt.kind == STRS else _split_list(raw)
+    elif isinstance(raw, (list, tuple)):
+        items = list(raw)
+    else:
+        raise _Bad(f"expected a list, got {raw!r}")
+    if opt.kind == STRS:
+        if not all(isinstance(item, str) for item in items):
+            raise _Bad(f"expected a list of strings, got {raw!r}")
+        return items
+    values: list[float] = []
+    for item in items:
+        if isinstance(item, str):
+            values.extend(_parse_go_float(part) for part in item.split(","))
+        elif isinstance(item, (int, float)) and not isinstance(item, bool):
+            values.append(float(item))
+        else:
+            raise _Bad(f"invalid number {item!r}")
+    for value in values:
+        if not 0 < value <= 1:
+            raise _Bad(f"percentile {value!r} out of range, must be in (0, 1]")
+    return sorted(values, reverse=True)  # Go's FloatArray keeps them descending
+
+
+def _check_range(opt: Option, value: int) -> int:
+    low, high = opt.minimum, opt.maximum
+    if (low is not None and value < low) or (high is not None and value > high):
+        if high is None:
+            raise _Bad(f"{value} out of range, must be >= {low:g}")
+        raise _Bad(f"{value} out of range, must be in [{low:g}, {high:g}]")
+    return value
+
+
+# --- Options -------------------------------------------------------------------------------
+
+
+class Options:
+    """Resolved options of one daemon; attributes are the cfg keys (``opts.mem_queue_size``).
+
+    Durations are float seconds, lists are lists, ``log_level`` a lowercase name, ``tls_required``
+    0/1/2 and ``tls_min_version`` the TLS protocol code. Treat as immutable: use ``replace``.
+    """
+
+    def __init__(self, daemon: str, values: Mapping[str, Any]) -> None:
+        self.daemon = daemon
+        self.__dict__.update(values)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The cfg keys and values, in table order."""
+        return {opt.cfg: getattr(self, opt.cfg) for opt in _attribute_options(self.daemon)}
+
+    def replace(self, **changes: Any) -> Options:
+        """A validated copy with some cfg keys changed (values as ``default_options`` takes)."""
+        values = self.as_dict()
+        sources = dict.fromkeys(values, "previous options")
+        _apply(self.daemon, values, sources, changes.items(), NATIVE, lambda key: f"argument {key}")
+        return _finish(self.daemon, values, sources)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Options):
+            return NotImplemented
+        return self.daemon == other.daemon and self.as_dict() == other.as_dict()
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{key}={value!r}" for key, value in self.as_dict().items())
+        return f"Options({self.daemon!r}, {items})"
+
+
+def _attribute_options(daemon: str) -> Iterable[Option]:
+    return (opt for opt in option_table(daemon) if opt.kind != IGNORED)
+
+
+def _defaults(daemon: str) -> tuple[dict[str, Any], dict[str, str]]:
+    values = {opt.cfg: opt.default_value() for opt in _attribute_options(daemon)}
+    return values, dict.fromkeys(values, "default")
+
+
+def _apply(
+    daemon: str,
+    values: dict[str, Any],
+    sources: dict[str, str],
+    items: Iterable[tuple[str, Any]],
+    mode: str,
+    source_of: Callable[[str], str],
+) -> None:
+    for name, raw in items:
+        if mode == FLAG:
+            opt = find_option(daemon, name)
+        else:
+            opt = next((o for o in option_table(daemon) if o.cfg == name), None)
+        if opt is None:
+            raise ConfigError(name, source_of(name), f"unknown {daemon} option")
+        source = source_of(opt.flag) if mode == FLAG else source_of(name)
+        if mode == FLAG and isinstance(raw, (list, tuple)) and not opt.repeatable:
+            raw = raw[-1] if raw else ""  # a repeated scalar flag: the last one wins, as in Go
+        try:
+            value = _coerce(opt, raw, mode)
+        except _Bad as exc:
+            raise ConfigError(opt.cfg, source, str(exc)) from None
+        if opt.kind != IGNORED:
+            values[opt.cfg] = value
+            sources[opt.cfg] = source
+
+
+def _finish(daemon: str, values: dict[str, Any], sources: dict[str, str]) -> Options:
+    """Cross-option checks nsqd makes in nsqd.New, before anything listens."""
+    if daemon == NSQD:
+        policy = values["tls_client_auth_policy"]
+        if policy not in ("", "require", "require-verify"):
+            raise ConfigError(
+                "tls_client_auth_policy", sources["tls_client_auth_policy"],
+                f"invalid policy {policy!r} (require or require-verify)",
+            )
+        if policy and values["tls_required"] == TLS_NOT_REQUIRED:
+            values["tls_required"] = TLS_REQUIRED_ALWAYS  # nsqd: a policy implies TLS required
+            sources["tls_required"] = sources["tls_client_auth_policy"]
+        cert, key = values["tls_cert"], values["tls_key"]
+        if bool(cert) != bool(key):
+            missing, given = ("tls_key", "tls_cert") if cert else ("tls_cert", "tls_key")
+            raise ConfigError(given, sources[given], f"{given} is set but {missing} is not")
+        if values["tls_required"] != TLS_NOT_REQUIRED and not cert:
+            key = "tls_client_auth_policy" if policy else "tls_required"
+            raise ConfigError(
+                key, sources[key], "cannot require TLS client connections without TLS key and cert"
+            )
+    return Options(daemon, values)
+
+
+def default_options(daemon: str, **overrides: Any) -> Options:
+    """Defaults plus overrides by cfg key, validated like a config file (for in-process servers).
+
+    Override values use Options' representation: durations in seconds (or Go text like
+    ``"250ms"``), lists as lists, ``tls_required`` 0/1/2 or its text form.
+    """
+    values, sources = _defaults(daemon)
+    _apply(daemon, values, sources, overrides.items(), NATIVE, lambda key: f"argument {key}")
+    return _finish(daemon, values, sources)
+
+
+def load_options(
+    daemon: str, flag_values: Mapping[str, Any], config_file: str | None = None
+) -> Options:
+    """Resolve options: explicit flags > config file > defaults, validated before any bind.
+
+    ``flag_values`` maps flag names (``mem-queue-size``; cfg keys work too) to the text given on
+    the command line, or a list of texts for a flag given several times. ``config_file`` is an
+    ``.ini`` file (a ``[nsqd]``/``[nsqlookupd]`` section) or, for any other name, nsqd's TOML.
+    """
+    values, sources = _defaults(daemon)
+    if config_file:
+        items, mode = read_config_file(daemon, config_file)
+        _apply(daemon, values, sources, items, mode, lambda key: f"file {config_file}")
+    _apply(daemon, values, sources, flag_values.items(), FLAG, lambda flag: f"flag --{flag}")
+    return _finish(daemon, values, sources)
+
+
+# --- config files --------------------------------------------------------------------------
+
+
+def read_config_file(daemon: str, path: str) -> tuple[list[tuple[str, Any]], str]:
+    """The (cfg key, raw value) pairs of a config file and how to read them (INI or TOML)."""
+    source = f"file {path}"
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ConfigError("config", source, f"cannot read config file: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("config", source, "config file is not UTF-8") from None
+    if path.endswith(".ini"):
+        return _read_ini(daemon, text, source), INI
+    return _read_toml(daemon, text, source), TOML
+
+
+def _read_ini(daemon: str, text: str, source: str) -> list[tuple[str, Any]]:
+    parser = configparser.ConfigParser(
+        interpolation=None, inline_comment_prefixes=("#",), empty_lines_in_values=False
+    )
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as exc:
+        message = " ".join(str(exc).split())
+        raise ConfigError("config", source, f"invalid ini file: {message}") from None
+    if not parser.has_section(daemon):
+        raise ConfigError("config", source, f"no [{daemon}] section")
+    return [(key, parser.get(daemon, key)) for key in parser.options(daemon)]
+
+
+def _read_toml(daemon: str, text: str, source: str) -> list[tuple[str, Any]]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise ConfigError(
+                "config", source, "TOML config files need Python 3.11+ or the tomli package"
+            ) from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", source, f"invalid TOML: {exc}") from None
+    # nsqd's files are flat; a [nsqd] / [nsqlookupd] table is accepted too.
+    if set(doc) == {daemon} and isinstance(doc[daemon], dict):
+        doc = doc[daemon]
+    return list(doc.items())
+
+
+# --- GET /config/<opt> ---------------------------------------------------------------------
+
+
+def config_endpoint_value(opts: Options, key: str, http_port: int | None = None) -> Any:
+    """The value nsqd's ``GET /config/<key>`` renders; str means a text/plain body, else JSON.
+
+    Durations are int nanoseconds, ``log_level`` its number (debug=1 .. fatal=5) and
+    ``statsd_prefix`` is expanded with the broadcast address and HTTP port (``http_port`` is the
+    port actually bound; used when ``broadcast_http_port`` is 0). KeyError for unknown options.
+    """
+    opt = next((o for o in _attribute_options(opts.daemon) if o.cfg == key), None)
+    if opt is None:
+        raise KeyError(key)
+    value = getattr(opts, key)
+    if opt.kind == DURATION:
+        return seconds_to_ns(value)
+    if opt.kind == LOG_LEVEL:
+        return LOG_LEVELS[value]
+    if opt.repeatable:
+        return list(value)
+    if key == "statsd_prefix":
+        port = opts.broadcast_http_port or http_port
+        if not port:
+            try:
+                port = split_host_port(opts.http_address)[1]
+            except ValueError:
+                port = 0
+        return expand_statsd_prefix(value, opts.broadcast_address, port)
+    return value
+
+
+# --- Go's flag syntax ----------------------------------------------------------------------
+
+
+def _optional_value(opt: Option, token: str) -> bool:
+    """May ``token`` be the value of a bare bool-like flag (``--snappy false``)?"""
+    if opt.kind == TLS_REQUIRED:
+        return is_go_bool(token) or token.lower() == "tcp-https"
+    if opt.kind == IGNORED:
+        return is_go_bool(token) or token.isdigit()
+    return is_go_bool(token)
+
+
+def normalize_go_flags(daemon: str, argv: list[str]) -> list[str]:
+    """Rewrite Go flag forms into ``--flag=value`` tokens one parser can read.
+
+    Accepts ``-flag``/``--flag``, ``=value`` or a separate value, bare booleans (``--snappy`` is
+    ``--snappy=true``). Unlike Go, a bool flag also takes a separate bool literal
+    (``--snappy false``) instead of stopping there. ``-h``/``-help`` become ``--help``, ``-c``
+    and ``-config`` become ``--config=FILE``, ``-version`` becomes ``--version``. Unknown flags
+    are passed on as ``--name`` so the parser reports them.
+    """
+    table = {opt.flag: opt for opt in option_table(daemon)}
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if token == "--":
+            out.extend(argv[i - 1 :])
+            break
+        if not token.startswith("-") or token == "-":
+            out.append(token)
+            continue
+        body = token[2:] if token.startswith("--") else token[1:]
+        name, eq, value = body.partition("=")
+        if name in ("h", "help"):
+            out.append("--help")
+        elif name == "version":
+            if not eq or (is_go_bool(value) and parse_go_bool(value)):
+                out.append("--version")
+            elif not is_go_bool(value):
+                out.append(f"--version={value}")  # the parser rejects it
+        elif name in ("c", "config") or (name in table and table[name].kind not in _BOOLISH):
+            if not eq:
+                if i >= len(argv):
+                    out.append("--config" if name == "c" else f"--{name}")
+                    continue
+                value = argv[i]
+                i += 1
+            out.append(f"--{'config' if name == 'c' else name}={value}")
+        elif name in table:
+            if not eq and i < len(argv) and _optional_value(table[name], argv[i]):
+                value, eq = argv[i], "="
+                i += 1
+            out.append(f"--{name}={value if eq else 'true'}")
+        else:
+            out.append(f"--{body}")
+    return out
+
+
+_BOOLISH = (BOOL, TLS_REQUIRED, IGNORED)
+
+
+def is_bool_flag(opt: Option) -> bool:
+    """Whether the flag may be given bare, as Go's bool flags (and --tls-required) can."""
+    return opt.kind in _BOOLISH
+
+
+def default_text(opt: Option) -> str:
+    """The default as a user would type it, for --help and the sample config files."""
+    value = opt.default_value()
+    if opt.kind == DURATION:
+        return format_duration(value)
+    if opt.kind == BOOL:
+        return "true" if value else "false"
+    if opt.kind == TLS_REQUIRED:
+        return {0: "false", 1: "tcp-https", 2: "true"}[value]
+    if opt.kind == TLS_MIN_VERSION:
+        return next(name for name, code in TLS_VERSIONS.items() if code == value)
+    if opt.repeatable:
+        return ",".join(str(v) for v in value)
+    if value is None:
+        return ""
+    return str(value)

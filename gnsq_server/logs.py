@@ -1,0 +1,131 @@
+"""nsqd's log line format on one root handler, so tools that parse nsqd's output read ours.
+
+A line looks like ``[nsqd] 2026/11/26 17:02:18.727200 INFO: TCP: listening on 127.0.0.1:4150``:
+the prefix as given, local time with microseconds, the level as nsqd names it, the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime
+from typing import TextIO
+
+#: nsqd's level numbers, as ``GET /config/log_level`` reports them.
+LEVEL_NUMBERS = {"debug": 1, "info": 2, "warn": 3, "warning": 3, "error": 4, "fatal": 5}
+_NAMES = ("debug", "info", "warn", "error", "fatal")
+_PYTHON_LEVELS = {
+    1: logging.DEBUG,
+    2: logging.INFO,
+    3: logging.WARNING,
+    4: logging.ERROR,
+    5: logging.CRITICAL,
+}
+_LABELS = (  # (lowest Python level, nsqd's label), highest first
+    (logging.CRITICAL, "FATAL"),
+    (logging.ERROR, "ERROR"),
+    (logging.WARNING, "WARNING"),
+    (logging.INFO, "INFO"),
+    (logging.NOTSET, "DEBUG"),
+)
+
+#: Loggers the HTTP glue hands to gevent's WSGIServer (see ``wsgi_logs``).
+ACCESS_LOGGER = "gnsq_server.http.access"
+ERROR_LOGGER = "gnsq_server.http.error"
+
+
+def level_number(name: str) -> int:
+    """nsqd's number for a level name (debug=1 .. fatal=5), any case; ValueError if unknown."""
+    try:
+        return LEVEL_NUMBERS[name.strip().lower()]
+    except KeyError:
+        raise ValueError(f"invalid log level {name!r} (debug, info, warn, error, fatal)") from None
+
+
+def python_level(name: str) -> int:
+    """The ``logging`` level for an nsqd level name."""
+    return _PYTHON_LEVELS[level_number(name)]
+
+
+class NsqdFormatter(logging.Formatter):
+    """Formats records as Go's ``log`` package does for nsqd (Ldate|Ltime|Lmicroseconds)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message = f"{message}\n{self.formatException(record.exc_info)}"
+        if record.stack_info:
+            message = f"{message}\n{self.formatStack(record.stack_info)}"
+        stamp = datetime.fromtimestamp(record.created).strftime("%Y/%m/%d %H:%M:%S.%f")
+        label = next(label for low, label in _LABELS if record.levelno >= low)
+        return f"{self.prefix}{stamp} {label}: {message}"
+
+
+class _NsqdHandler(logging.StreamHandler):
+    """A StreamHandler (it flushes after every record), marked so setup can replace it."""
+
+
+def setup_logging(prefix: str, level: str, stream: TextIO | None = None) -> logging.Handler:
+    """Install the one root handler, writing nsqd-format lines to ``stream`` (default stdout).
+
+    Each line is flushed as written, so a supervisor reading a pipe sees it at once. Calling it
+    again replaces the handler it installed before.
+    """
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _NsqdHandler)]:
+        root.removeHandler(old)
+    handler = _NsqdHandler(sys.stdout if stream is None else stream)
+    handler.setFormatter(NsqdFormatter(prefix))
+    root.addHandler(handler)
+    set_level(level)
+    return handler
+
+
+def set_level(name: str) -> None:
+    """Change the level at run time (``PUT /config/log_level``); ValueError if unknown."""
+    logging.getLogger().setLevel(python_level(name))
+
+
+def get_level() -> str:
+    """The current root level as nsqd's name (debug, info, warn, error, fatal)."""
+    level = logging.getLogger().getEffectiveLevel()
+    for number, python in _PYTHON_LEVELS.items():
+        if level <= python:
+            return _NAMES[number - 1]
+    return "fatal"
+
+
+class LogWriter:
+    """A file-like ``write`` that logs each line at a fixed level, for gevent's WSGIServer."""
+
+    def __init__(self, logger: logging.Logger, level: int) -> None:
+        self.logger = logger
+        self.level = level
+
+    def write(self, text: str) -> None:
+        text = text.rstrip("\r\n")
+        if text:
+            self.logger.log(self.level, text)
+
+    def writelines(self, lines: list[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        pass
+
+
+def wsgi_logs() -> dict[str, LogWriter]:
+    """``log``/``error_log`` keyword arguments for gevent's WSGIServer.
+
+    Access lines go out at DEBUG, so they only show with ``--log-level=debug`` (nsqd does not
+    log each request); server errors at ERROR, in our format instead of raw stderr.
+    """
+    return {
+        "log": LogWriter(logging.getLogger(ACCESS_LOGGER), logging.DEBUG),
+        "error_log": LogWriter(logging.getLogger(ERROR_LOGGER), logging.ERROR),
+    }
