@@ -85,6 +85,7 @@ class DiskQueue:
 
         self._count = 0  # reads + writes since the last sync
         self._need_sync = False
+        self._new_segment = False  # a segment was created since the last directory fsync
         self._closed = False
         self._lock = Semaphore()
 
@@ -289,11 +290,22 @@ class DiskQueue:
                 pass
             raise
 
+    def _fsync_directory(self) -> None:
+        """Make a new segment's directory entry durable (go-diskqueue skips this)."""
+        fd = os.open(self.data_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            gevent.get_hub().threadpool.apply(_fsync_all, ([fd],))
+        finally:
+            os.close(fd)
+        self._new_segment = False
+
     def _sync(self) -> None:
         if self._wfd is not None:
             self._flush()
         try:
             self._persist_metadata(self._wfd)
+            if self._new_segment:
+                self._fsync_directory()
         except OSError:
             # after a failed fsync the page cache cannot be trusted; reopen at writePos next time
             if self._wfd is not None:
@@ -317,6 +329,8 @@ class DiskQueue:
     def _open_write_file(self) -> None:
         path = self._file_name(self._write_file_num)
         self._wfd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if self._write_pos == 0:
+            self._new_segment = True
         logger.info("DISKQUEUE(%s): writeOne() opened %s", self.name, path)
 
     def _flush(self) -> None:

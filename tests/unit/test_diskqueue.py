@@ -15,6 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import gevent
 import pytest
 
 from gnsq_server.nsqd.diskqueue import DiskQueue, message_size_bounds
@@ -551,3 +552,30 @@ def test_write_failure_raises_and_queue_recovers(tmp_path):
     assert out["depth_while_full"] == 24
     assert out["size_while_full"] == 24 * 204  # the half-written record was cut off
     assert out["got"] == accepted + [200, 201, 202]
+
+
+def test_concurrent_greenlets_while_fsync_yields(open_queue):
+    q = open_queue(max_bytes_per_file=2000, sync_every=7)
+    got: list[bytes] = []
+
+    def producer(p: int) -> None:
+        for i in range(150):
+            q.put(message(p * 1000 + i, b"payload"))
+            if i % 50 == 0:
+                q.sync()
+
+    def consumer() -> None:
+        while len(got) < 600:
+            data = q.get()
+            if data is None:
+                gevent.sleep(0)
+            else:
+                got.append(data)
+
+    gevent.joinall([gevent.spawn(producer, p) for p in range(4)] + [gevent.spawn(consumer)])
+    ids = [int(m[10:26], 16) for m in got]
+    assert sorted(ids) == sorted(p * 1000 + i for p in range(4) for i in range(150))
+    for p in range(4):  # each producer's records come out in its order
+        mine = [i for i in ids if i // 1000 == p]
+        assert mine == sorted(mine)
+    assert q.depth() == 0 and q.get() is None
