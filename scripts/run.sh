@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q -e .
+if ! .venv/bin/python -m pip install -q -e . >.venv/pip-install.log 2>&1; then
+    cat .venv/pip-install.log >&2
+    exit 1
+fi
 mkdir -p data/nsqd
 
 .venv/bin/gnsqlookupd -c conf/nsqlookupd.ini &
