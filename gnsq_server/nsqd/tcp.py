@@ -27,6 +27,12 @@ class TCPHandler:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(CLIENT_TIMEOUT)
         reader = sock.makefile("rb", buffering=READ_BUFFER_SIZE)
+        try:
+            self._serve(sock, address, reader)
+        finally:
+            reader.close()
+
+    def _serve(self, sock: socket.socket, address: tuple, reader) -> None:
         remote = format_address(address)
         try:
             magic = reader.read(4)
