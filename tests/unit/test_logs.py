@@ -1,0 +1,148 @@
+"""nsqd's log line format, level filtering and run-time level changes."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from datetime import datetime
+
+import pytest
+
+from gnsq_server import logs
+
+LINE = re.compile(
+    r"^(?P<prefix>\[nsqd\] )(?P<stamp>\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}\.\d{6}) "
+    r"(?P<level>DEBUG|INFO|WARNING|ERROR|FATAL): (?P<message>.*)$"
+)
+
+
+@pytest.fixture
+def stream():
+    """A captured stream with our handler installed; the root logger is restored afterwards."""
+    root = logging.getLogger()
+    saved_level, saved_handlers = root.level, list(root.handlers)
+    out = io.StringIO()
+    logs.setup_logging("[nsqd] ", "info", out)
+    yield out
+    root.handlers[:] = saved_handlers
+    root.setLevel(saved_level)
+
+
+def lines(stream: io.StringIO) -> list[str]:
+    return stream.getvalue().splitlines()
+
+
+def test_line_format(stream):
+    before = datetime.now().replace(microsecond=0)
+    logging.getLogger("gnsq_server.nsqd.tcp").info("TCP: listening on %s", "127.0.0.1:4150")
+    (line,) = lines(stream)
+    match = LINE.match(line)
+    assert match, line
+    assert match["message"] == "TCP: listening on 127.0.0.1:4150"
+    assert match["level"] == "INFO"
+    stamp = datetime.strptime(match["stamp"], "%Y/%m/%d %H:%M:%S.%f")
+    assert before <= stamp <= datetime.now()  # local time, not UTC
+
+
+@pytest.mark.parametrize(
+    ("method", "label"),
+    [("warning", "WARNING"), ("error", "ERROR"), ("critical", "FATAL"), ("fatal", "FATAL")],
+)
+def test_level_labels(stream, method, label):
+    getattr(logging.getLogger("x"), method)("boom")
+    assert LINE.match(lines(stream)[0])["level"] == label
+
+
+def test_level_filtering(stream):
+    log = logging.getLogger("gnsq_server.test")
+    log.debug("hidden")
+    log.info("shown")
+    logs.set_level("error")
+    log.warning("hidden too")
+    log.error("shown too")
+    assert [LINE.match(line)["message"] for line in lines(stream)] == ["shown", "shown too"]
+
+
+def test_set_level_debug_and_get_level(stream):
+    logs.set_level("DEBUG")
+    assert logs.get_level() == "debug"
+    logging.getLogger("x").debug("now visible")
+    assert LINE.match(lines(stream)[0])["level"] == "DEBUG"
+    logs.set_level("Warning")
+    assert logs.get_level() == "warn"
+    with pytest.raises(ValueError, match="loud"):
+        logs.set_level("loud")
+    assert logs.get_level() == "warn"
+
+
+@pytest.mark.parametrize(
+    ("name", "number"),
+    [("debug", 1), ("INFO", 2), ("warn", 3), ("WARNING", 3), ("error", 4), ("Fatal", 5)],
+)
+def test_level_number(name, number):
+    assert logs.level_number(name) == number
+
+
+def test_level_number_rejects_unknown():
+    with pytest.raises(ValueError):
+        logs.level_number("verbose")
+
+
+def test_exception_traceback_follows_the_line(stream):
+    try:
+        raise RuntimeError("bad")
+    except RuntimeError:
+        logging.getLogger("x").exception("failed")
+    out = lines(stream)
+    assert LINE.match(out[0])["message"] == "failed"
+    assert out[-1] == "RuntimeError: bad"
+
+
+def test_setup_replaces_its_own_handler_only(stream):
+    root = logging.getLogger()
+    other = logging.NullHandler()
+    root.addHandler(other)
+    try:
+        second = io.StringIO()
+        logs.setup_logging("[nsqlookupd] ", "info", second)
+        logging.getLogger("x").info("once")
+        assert stream.getvalue() == ""
+        assert second.getvalue().startswith("[nsqlookupd] ")
+        assert other in root.handlers
+    finally:
+        root.removeHandler(other)
+
+
+class CountingStream(io.StringIO):
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_every_line_is_flushed():
+    root = logging.getLogger()
+    saved_level, saved_handlers = root.level, list(root.handlers)
+    out = CountingStream()
+    try:
+        logs.setup_logging("[nsqd] ", "info", out)
+        for i in range(3):
+            logging.getLogger("x").info("line %d", i)
+            assert out.flushes == i + 1
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+
+
+def test_wsgi_access_lines_only_at_debug(stream):
+    writers = logs.wsgi_logs()
+    writers["log"].write('127.0.0.1 - - [x] "GET /ping HTTP/1.1" 200 2 0.000\n')
+    writers["error_log"].write("Traceback: oops\n")
+    logs.set_level("debug")
+    writers["log"].write("access at debug\n")
+    assert [LINE.match(line)["message"] for line in lines(stream)] == [
+        "Traceback: oops",
+        "access at debug",
+    ]
