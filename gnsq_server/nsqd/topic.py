@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import gevent
@@ -62,6 +61,8 @@ class Topic:
         self.backend = backend
         self.paused = False
         self.exiting = False
+        #: False while channels known to lookupd are being pre-created: publishes wait in the topic
+        self.started = True
         self.channels: dict[str, Channel] = {}
         self.memory: deque[Message] = deque()
         self._mem_capacity = nsqd.opts.mem_queue_size
@@ -90,7 +91,7 @@ class Topic:
         if defer > 0:
             for msg in msgs:
                 msg.defer = defer
-        holding = self.paused or not self.channels or self.depth() > 0
+        holding = self._holding() or self.depth() > 0
         self._check_room(len(msgs), holding)
         try:
             if holding:
@@ -143,14 +144,26 @@ class Topic:
                 return Message.decode(data)
         return None
 
+    def _holding(self) -> bool:
+        return self.paused or not self.started or not self.channels
+
+    def hold_until_started(self) -> None:
+        """Keep publishes in the topic until start(), as nsqd does while it asks lookupd for
+        the topic's channels, so that the first messages reach every known channel."""
+        self.started = False
+
+    def start(self) -> None:
+        self.started = True
+        self._start_draining()
+
     def _start_draining(self) -> None:
-        if self._drainer is None and not self.paused and self.channels and self.depth():
+        if self._drainer is None and not self._holding() and self.depth():
             self._drainer = gevent.spawn(self._drain)
 
     def _drain(self) -> None:
         """Hand a backlog to the channels in batches, yielding between batches."""
         try:
-            while not self.paused and self.channels and not self.exiting:
+            while not self._holding() and not self.exiting:
                 batch = []
                 while len(batch) < _DRAIN_BATCH:
                     msg = self._take()
@@ -213,7 +226,3 @@ class Topic:
         self.memory.clear()
         if self.backend is not None:
             self.backend.empty()
-
-    def each_channel(self, action: Callable[[Channel], None]) -> None:
-        for channel in list(self.channels.values()):
-            action(channel)
