@@ -74,7 +74,7 @@ def _click_option(opt: Option) -> click.Option:
 
 
 def _make_command(daemon: str, prog: str, server_module: str, summary: str) -> click.Command:
-    table = [opt for opt in option_table(daemon)]
+    table = list(option_table(daemon))
     flag_of = {opt.flag.replace("-", "_"): opt.flag for opt in table}
 
     def show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
