@@ -13,18 +13,22 @@ if ! .venv/bin/python -m pip install -q -e . >.venv/pip-install.log 2>&1; then
 fi
 mkdir -p data/nsqd
 
-.venv/bin/gnsqlookupd -c conf/nsqlookupd.ini &
-lookupd_pid=$!
+lookupd_pid=
 nsqd_pid=
 stop() {
-    if [ -n "$nsqd_pid" ]; then kill -TERM "$nsqd_pid" 2>/dev/null || true; fi
+    if [ -z "$nsqd_pid" ]; then exit 143; fi
+    kill -TERM "$nsqd_pid" 2>/dev/null || true
 }
 cleanup() {
+    if [ -z "$lookupd_pid" ]; then return; fi
     kill -TERM "$lookupd_pid" 2>/dev/null || true
     wait "$lookupd_pid" 2>/dev/null || true
 }
 trap cleanup EXIT
 trap stop INT TERM
+
+.venv/bin/gnsqlookupd -c conf/nsqlookupd.ini &
+lookupd_pid=$!
 
 # gnsqd runs as a child we wait for, so a signal to this script is passed on as SIGTERM
 # (a graceful stop) instead of waiting for bash to notice.
