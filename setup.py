@@ -10,6 +10,8 @@ setup(
         "gevent>=23.9",
         "flask>=2.3",
         "click>=8.1",
+        # nsqd's own config files are TOML; tomllib is in the standard library from 3.11
+        "tomli>=1.1; python_version < '3.11'",
     ],
     extras_require={
         "test": [

@@ -5,13 +5,12 @@ from gevent import monkey
 monkey.patch_all()
 
 import importlib  # noqa: E402
-import platform  # noqa: E402
 from typing import Any  # noqa: E402
 
 import click  # noqa: E402
 from click.core import ParameterSource  # noqa: E402
 
-from gnsq_server import NSQ_VERSION  # noqa: E402
+from gnsq_server import NSQ_VERSION, version_line  # noqa: E402
 from gnsq_server.config import (  # noqa: E402
     DURATION,
     FLOATS,
@@ -39,11 +38,6 @@ _METAVARS = {
     TLS_REQUIRED: "[=true|false|tcp-https]",
     TLS_MIN_VERSION: "VERSION",
 }
-
-
-def version_line(prog: str) -> str:
-    """What ``--version`` prints, shaped like ``nsqd v1.3.0 (built w/go1.21.5)``."""
-    return f"{prog} v{NSQ_VERSION} (built w/python{platform.python_version()})"
 
 
 class GoFlagCommand(click.Command):
@@ -140,5 +134,5 @@ gnsqlookupd: click.Command = _make_command(
     "nsqd has which topics. Flags take Go's forms (-flag=value, --flag value, bare booleans).",
 )
 
-__all__ = ["gnsqd", "gnsqlookupd", "version_line", "GoFlagCommand"]
+__all__ = ["gnsqd", "gnsqlookupd", "GoFlagCommand"]
 

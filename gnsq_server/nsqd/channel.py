@@ -13,6 +13,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
+from . import metadata
 from .message import Message
 from .pqueue import DeadlineQueue
 
@@ -45,7 +46,16 @@ class QueueFull(Exception):
 
 
 class Channel:
-    def __init__(self, topic: Topic, name: str, ephemeral: bool, backend, opts, scheduler) -> None:
+    def __init__(
+        self,
+        topic: Topic,
+        name: str,
+        ephemeral: bool,
+        backend,
+        opts,
+        scheduler,
+        deferred_file: str | None = None,
+    ) -> None:
         self.topic = topic
         self.topic_name = topic.name
         self.name = name
@@ -55,6 +65,8 @@ class Channel:
         self.backend = backend
         self._opts = opts
         self._scheduler = scheduler
+        #: where deferred messages and their due times survive a clean restart
+        self._deferred_file = deferred_file
         self._mem_capacity = opts.mem_queue_size
         self.memory: deque[Message] = deque()
         self.in_flight = DeadlineQueue()
@@ -261,16 +273,18 @@ class Channel:
         """Timed-out and due messages were already accepted: never refuse them."""
         try:
             self._enqueue(msg)
-        except QueueFull:
+        except (QueueFull, OSError):
             self.memory.append(msg)
 
     # -- administration -----------------------------------------------------------------
 
     def pause(self) -> None:
         self.paused = True
+        self.topic.nsqd.notify("channel_paused", self)
 
     def unpause(self) -> None:
         self.paused = False
+        self.topic.nsqd.notify("channel_unpaused", self)
         self._pump()
 
     def empty(self) -> None:
@@ -288,11 +302,44 @@ class Channel:
         for client in list(self.clients.values()):
             client.close()
 
-    def drain_messages(self) -> list[Message]:
-        """Everything this channel still holds in memory, for a clean shutdown to persist."""
-        held = list(self.memory)
+    def restore_deferred(self) -> None:
+        """Take back the deferred messages a clean shutdown saved, with their remaining delay."""
+        if self._deferred_file is None:
+            return
+        now_ns = time.time_ns()
+        for due_ns, data in metadata.load_deferred(self._deferred_file):
+            self._defer(Message.decode(data), max(0.0, (due_ns - now_ns) / 1e9))
+
+    def flush(self) -> None:
+        """Clean shutdown: queued and in-flight messages to the disk queue, deferred ones to
+        their own file with their due time; ephemeral channels just drop theirs."""
+        queued = list(self.memory)
         self.memory.clear()
-        for msg in self.in_flight.clear() + self.deferred.clear():
+        for msg in self.in_flight.clear():
             msg.client = None
-            held.append(msg)
-        return held
+            queued.append(msg)
+        deferred = self.deferred.clear()
+        if self.backend is None or self.ephemeral:
+            return
+        if queued:
+            self.backend.put_many([msg.encode() for msg in queued])
+        self.backend.close()
+        if self._deferred_file is not None:
+            now, now_ns = time.monotonic(), time.time_ns()
+            entries = [(now_ns + int((m.deadline - now) * 1e9), m.encode()) for m in deferred]
+            metadata.save_deferred(self._deferred_file, entries)
+        log.info(
+            "CHANNEL(%s:%s): flushed %d messages, %d deferred",
+            self.topic_name,
+            self.name,
+            len(queued),
+            len(deferred),
+        )
+
+    def remove_files(self) -> None:
+        """After deletion: nothing of this channel may come back at the next start."""
+        if self.backend is not None:
+            self.backend.empty()
+            self.backend.delete()
+        if self._deferred_file is not None:
+            metadata.save_deferred(self._deferred_file, [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -14,7 +15,9 @@ from gevent.event import Event
 
 from .. import logs
 from ..wire import is_ephemeral
+from . import metadata
 from .channel import Channel
+from .diskqueue import DiskQueue, message_size_bounds
 from .topic import DiscardBackend, Topic
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,22 @@ class NSQD:
         self._listeners: dict[str, list[Callable]] = {}
         self._unhealthy: str | None = None
         self.exiting = False
+        self.data_path = opts.data_path or os.getcwd()
+        self._lock = metadata.DataPathLock(self.data_path)
+        self._loading = False
+        self._metadata_dirty = Event()
+        self._background: list[gevent.Greenlet] = []
+        for event in (
+            "topic_created",
+            "topic_deleted",
+            "channel_created",
+            "channel_deleted",
+            "topic_paused",
+            "topic_unpaused",
+            "channel_paused",
+            "channel_unpaused",
+        ):
+            self.subscribe(event, self._metadata_changed)
 
     # -- health -------------------------------------------------------------------------
 
@@ -138,12 +157,83 @@ class NSQD:
 
     def new_channel(self, topic: Topic, name: str) -> Channel:
         ephemeral = is_ephemeral(name)
-        backend = self.new_backend(f"{topic.name}:{name}", ephemeral)
-        return Channel(topic, name, ephemeral, backend, self.opts, self.sweeper)
+        queue_name = f"{topic.name}:{name}"
+        backend = self.new_backend(queue_name, ephemeral)
+        deferred_file = None if ephemeral else metadata.deferred_path(self.data_path, queue_name)
+        channel = Channel(topic, name, ephemeral, backend, self.opts, self.sweeper, deferred_file)
+        channel.restore_deferred()
+        return channel
 
     def new_backend(self, name: str, ephemeral: bool):
-        """Where overflow goes: nowhere for ephemeral queues; refused (None) without disk."""
-        return DiscardBackend() if ephemeral else None
+        """Overflow goes to a disk queue in nsqd's format; ephemeral queues drop it."""
+        if ephemeral:
+            return DiscardBackend()
+        opts = self.opts
+        min_size, max_size = message_size_bounds(opts.max_msg_size)
+        return DiskQueue(
+            name,
+            self.data_path,
+            opts.max_bytes_per_file,
+            min_size,
+            max_size,
+            opts.sync_every,
+            opts.sync_timeout,
+        )
+
+    def backends(self) -> list:
+        queues = []
+        for topic in list(self.topics.values()):
+            queues.append(topic.backend)
+            queues.extend(channel.backend for channel in list(topic.channels.values()))
+        return queues
+
+    # -- metadata -----------------------------------------------------------------------
+
+    def _metadata_changed(self, subject) -> None:
+        if not self._loading and not getattr(subject, "ephemeral", False):
+            self._metadata_dirty.set()
+
+    def persist_metadata(self) -> None:
+        data = metadata.encode_metadata(list(self.topics.values()))
+        path = os.path.join(self.data_path, metadata.METADATA_FILE)
+        metadata.write_atomic(path, data)
+
+    def load_metadata(self) -> None:
+        """Recreate the topics and channels of nsqd.dat with their paused flags."""
+        self._loading = True
+        try:
+            for entry in metadata.load_metadata(self.data_path):
+                topic = self.get_topic(entry["name"])
+                topic.paused = entry["paused"]
+                for channel_entry in entry["channels"]:
+                    channel = topic.get_channel(channel_entry["name"])
+                    channel.paused = channel_entry["paused"]
+        finally:
+            self._loading = False
+
+    def _metadata_loop(self) -> None:
+        """Write nsqd.dat after changes, coalescing bursts, with the fsync off the hub."""
+        threadpool = gevent.get_hub().threadpool
+        while True:
+            self._metadata_dirty.wait()
+            self._metadata_dirty.clear()
+            try:
+                threadpool.apply(self.persist_metadata)
+            except OSError as err:
+                log.error("failed to persist metadata - %s", err)
+            gevent.sleep(0.05)
+
+    def _sync_loop(self) -> None:
+        """go-diskqueue fsyncs every --sync-timeout when anything changed; one loop for all."""
+        while True:
+            gevent.sleep(self.opts.sync_timeout)
+            for backend in self.backends():
+                try:
+                    backend_sync = getattr(backend, "sync_if_needed", None)
+                    if backend_sync is not None:
+                        backend_sync()
+                except OSError as err:
+                    log.error("sync failed - %s", err)
 
     # -- runtime configuration ----------------------------------------------------------
 
@@ -157,13 +247,30 @@ class NSQD:
 
     # -- lifecycle ----------------------------------------------------------------------
 
+    def open(self) -> None:
+        """Lock the data path and load what it holds (before any listener serves)."""
+        self._lock.acquire()
+        self.load_metadata()
+        self.persist_metadata()
+
     def start(self) -> None:
         self.sweeper.start()
+        for topic in list(self.topics.values()):
+            topic.start()
+        self._background = [gevent.spawn(self._metadata_loop), gevent.spawn(self._sync_loop)]
 
     def stop(self) -> None:
+        """Persist everything held in memory; the listeners are already closed."""
         self.exiting = True
         self.sweeper.stop()
-        for topic in self.topics.values():
-            topic.exiting = True
-            for channel in topic.channels.values():
-                channel.exiting = True
+        gevent.killall(self._background)
+        for topic in list(self.topics.values()):
+            try:
+                topic.flush()
+            except OSError as err:
+                log.error("TOPIC(%s): failed to flush to disk - %s", topic.name, err)
+        try:
+            self.persist_metadata()
+        except OSError as err:
+            log.error("failed to persist metadata - %s", err)
+        self._lock.release()

@@ -11,6 +11,7 @@ from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 from gevent.server import StreamServer
 
+from .. import logs, version_line
 from ..config import split_host_port
 from .nsqd import NSQD
 from .tcp import TCPHandler
@@ -59,7 +60,11 @@ class NSQDServer:
         return self.nsqd.http_port
 
     def start(self) -> None:
-        """Bind every listener (raising OSError naming the address), then start serving."""
+        """Lock and load the data path, bind every listener (an OSError names the address),
+        then start serving."""
+        log.info("%s", version_line("nsqd"))
+        log.info("ID: %d", self.opts.id)
+        self.nsqd.open()
         tcp_sock = self._bind("TCP", self.opts.tcp_address)
         http_sock = self._bind("HTTP", self.opts.http_address) if self.opts.http_address else None
         self.nsqd.tcp_port = tcp_sock.getsockname()[1]
@@ -72,7 +77,7 @@ class NSQDServer:
         if http_sock is not None:
             from .http import create_app
 
-            self._http_server = WSGIServer(http_sock, create_app(self.nsqd), log=None)
+            self._http_server = WSGIServer(http_sock, create_app(self.nsqd), **logs.wsgi_logs())
             self._http_server.start()
             log.info("HTTP: listening on %s", listening_address(http_sock))
 
@@ -93,6 +98,7 @@ class NSQDServer:
             client.close()
         if self._http_server is not None:
             self._http_server.close()
+        gevent.sleep(0)  # let the closed clients' greenlets run their cleanup
         self.nsqd.stop()
         log.info("NSQ: bye")
 

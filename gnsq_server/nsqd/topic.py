@@ -102,6 +102,7 @@ class Topic:
             log.error("TOPIC(%s): failed to write messages to disk - %s", self.name, err)
             self.nsqd.set_unhealthy(err)
             raise PublishError(str(err)) from err
+        self.nsqd.set_healthy()
         self.message_count += len(msgs)
         self.message_bytes += sum(len(body) for body in bodies)
         if holding:
@@ -205,8 +206,7 @@ class Topic:
         log.info("TOPIC(%s): deleting channel(%s)", self.name, name)
         channel.close_clients()
         channel.empty()
-        if channel.backend is not None:
-            channel.backend.delete()
+        channel.remove_files()
         self.nsqd.notify("channel_deleted", channel)
         if self.ephemeral and not self.channels and not self.exiting:
             self.nsqd.delete_topic(self.name)
@@ -226,3 +226,16 @@ class Topic:
         self.memory.clear()
         if self.backend is not None:
             self.backend.empty()
+
+    def flush(self) -> None:
+        """Clean shutdown: every channel's messages, then the topic's own, go to disk."""
+        self.exiting = True
+        for channel in self.channels.values():
+            channel.exiting = True
+            channel.flush()
+        if self.backend is None or self.ephemeral:
+            return
+        if self.memory:
+            self.backend.put_many([msg.encode() for msg in self.memory])
+            self.memory.clear()
+        self.backend.close()
