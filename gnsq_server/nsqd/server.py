@@ -108,6 +108,8 @@ class NSQDServer:
 
 def run(opts) -> int:
     """Serve until SIGTERM or SIGINT; the exit status for the CLI."""
+    # A file-size limit must fail the write (EFBIG, reported to the publisher), not kill us.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     server = NSQDServer(opts)
     try:
         server.start()
