@@ -360,6 +360,32 @@ def test_in_flight_of_a_vanished_consumer_goes_to_another_after_its_timeout(serv
     assert elapsed >= 0.9
 
 
+def test_fin_after_timeout_is_a_non_fatal_error(server, connect):
+    port = server.server.tcp_port
+    slow = subscribe(connect, port, "late_fin", "c", rdy=1, msg_timeout=1000)
+    other = subscribe(connect, port, "late_fin", "c", rdy=0)
+    publish(connect(port), "late_fin", b"late")
+    msg = read_message(slow)
+    slow.command(b"RDY 0")
+    other.command(b"RDY 1")
+    again = read_message(other, 3)
+    assert (again.id, again.attempts) == (msg.id, 2)
+
+    fin(slow, msg)
+    expected = b"E_FIN_FAILED FIN " + msg.id + b" failed client does not own message"
+    assert next_frame(slow, 2) == (1, expected)
+    slow.command(b"TOUCH " + msg.id)
+    expected = b"E_TOUCH_FAILED TOUCH " + msg.id + b" failed client does not own message"
+    assert next_frame(slow, 2) == (1, expected)
+    fin(other, again)
+    assert wait_until(lambda: channel_state(server, "late_fin", "c")["in_flight"] == 0)
+    slow.command(b"REQ " + msg.id + b" 0")
+    expected = b"E_REQ_FAILED REQ " + msg.id + b" failed ID not in flight"
+    assert next_frame(slow, 2) == (1, expected)
+    publish(slow, "late_fin", b"still usable")  # the errors were not fatal
+    assert read_message(other).body == b"still usable"
+
+
 # -- ephemeral channels ---------------------------------------------------------------------
 
 
@@ -389,7 +415,8 @@ def test_ephemeral_topic_is_deleted_with_its_last_channel(server, connect):
     publish(connect(port), "gone#ephemeral", b"x")
     assert read_message(consumer).body == b"x"
     consumer.close()
-    assert wait_until(lambda: not server.call(lambda: "gone#ephemeral" in server.server.nsqd.topics))
+    topics = server.server.nsqd.topics
+    assert wait_until(lambda: not server.call(lambda: "gone#ephemeral" in topics))
 
 
 # -- sampling and limits --------------------------------------------------------------------
