@@ -1,0 +1,524 @@
+"""HTTP conventions shared by nsqd's and nsqlookupd's APIs, on Flask.
+
+nsqd 1.3.0 routes with julienschmidt/httprouter and answers through `http_api.V1`; clients such as
+nsqadmin, pynsq and gnsq read the exact statuses, headers and bodies that produces, so this module
+reproduces them: V1 bodies, `{"message": ...}` errors, 404/405/OPTIONS/HEAD, trailing-slash
+redirects, query-string parameters parsed as Go's `url.ParseQuery`, and JSON written the way Go's
+`encoding/json` writes it.
+
+Handlers are registered with :func:`route` (one rule per path, all its methods) and return data:
+a ``str``/``bytes`` is the body, ``None`` an empty 200, a ``dict``/``list`` JSON. They raise
+:class:`HTTPError` for failures.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
+from http import HTTPStatus
+from socket import SHUT_WR, socket
+from typing import Any
+from urllib.parse import quote
+
+import gevent
+from flask import Flask, Response, current_app, request
+from gevent.pywsgi import WSGIHandler, WSGIServer
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+logger = logging.getLogger(__name__)
+
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
+HTML_CONTENT_TYPE = "text/html; charset=utf-8"
+NSQ_CONTENT_TYPE_HEADER = "X-NSQ-Content-Type"
+NSQ_CONTENT_TYPE = "nsq; version=1.0"
+
+#: Methods a rule accepts at the Werkzeug level; anything else is a 405 from Werkzeug itself.
+_HANDLED_EXTRA = ("OPTIONS",)
+
+
+class HTTPError(Exception):
+    """A failure rendered as ``{"message": <message>, **fields}`` with ``status``.
+
+    ``fields`` exist for nsqd's one hand-written error body (``TLS_REQUIRED`` + ``https_port``),
+    which Go prints with a space after each colon and comma; bodies with extra fields are
+    written the same way so that case matches byte for byte.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **fields: Any,
+    ) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+        self.fields = fields
+        self.headers = dict(headers or {})
+
+    def body(self) -> str:
+        if not self.fields:
+            return go_json({"message": self.message})
+        return go_json({"message": self.message, **self.fields}, spaced=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON as Go's encoding/json writes it
+
+
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+_ESCAPE_RE = re.compile('[\\x00-\\x1f"\\\\<>&\u2028\u2029\ud800-\udfff]')
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if "\ud800" <= char <= "\udfff":
+        # Lone surrogates stand for undecodable bytes (surrogateescape); Go writes U+FFFD.
+        return "\ufffd"
+    return f"\\u{ord(char):04x}"
+
+
+def _go_string(value: str) -> str:
+    return '"' + _ESCAPE_RE.sub(_escape_char, value) + '"'
+
+
+def _go_float(value: float) -> str:
+    """Format a float64 as encoding/json does: shortest digits, exponent only outside 1e-6..1e21."""
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"json: unsupported value: {value!r}")
+    if value == 0:
+        return "-0" if math.copysign(1.0, value) < 0 else "0"
+    sign, digits, exponent = Decimal(repr(value)).normalize().as_tuple()
+    mantissa = "".join(map(str, digits))
+    prefix = "-" if sign else ""
+    if 1e-6 <= abs(value) < 1e21:
+        return prefix + format(Decimal(repr(abs(value))).normalize(), "f")
+    exp10 = exponent + len(mantissa) - 1
+    head = mantissa[0] + ("." + mantissa[1:] if len(mantissa) > 1 else "")
+    exp_text = f"+{exp10:02d}" if exp10 >= 0 else f"-{-exp10}"
+    return f"{prefix}{head}e{exp_text}"
+
+
+def go_json(value: Any, *, spaced: bool = False) -> str:
+    """Serialise ``value`` byte-for-byte as Go's json.Marshal (dict order is the struct order)."""
+    item_sep, key_sep = (", ", ": ") if spaced else (",", ":")
+    parts: list[str] = []
+
+    def emit(obj: Any) -> None:
+        if obj is None:
+            parts.append("null")
+        elif obj is True:
+            parts.append("true")
+        elif obj is False:
+            parts.append("false")
+        elif isinstance(obj, str):
+            parts.append(_go_string(obj))
+        elif isinstance(obj, int):
+            parts.append(str(obj))
+        elif isinstance(obj, float):
+            parts.append(_go_float(obj))
+        elif isinstance(obj, Mapping):
+            parts.append("{")
+            for index, (key, item) in enumerate(obj.items()):
+                if index:
+                    parts.append(item_sep)
+                parts.append(_go_string(str(key)))
+                parts.append(key_sep)
+                emit(item)
+            parts.append("}")
+        elif isinstance(obj, (list, tuple)):
+            parts.append("[")
+            for index, item in enumerate(obj):
+                if index:
+                    parts.append(item_sep)
+                emit(item)
+            parts.append("]")
+        else:
+            raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
+
+    emit(value)
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+
+
+def v1_response(data: Any, status: int = 200) -> Response:
+    """Render a handler's return value as nsqd's ``http_api.RespondV1`` does."""
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    if isinstance(data, bytes):
+        # Go sets X-NSQ first and sniffs the Content-Type when the body is written.
+        headers = [(NSQ_CONTENT_TYPE_HEADER, NSQ_CONTENT_TYPE)]
+        if data:
+            headers.append(("Content-Type", TEXT_CONTENT_TYPE))
+        return _response(data, status, headers)
+    if data is None:
+        return _response(b"", status, [(NSQ_CONTENT_TYPE_HEADER, NSQ_CONTENT_TYPE)])
+    body = go_json(data).encode("utf-8", "surrogateescape")
+    return _json_response(body, status)
+
+
+def error_response(error: HTTPError) -> Response:
+    """Render an :class:`HTTPError` as the JSON ``{"message": ...}`` body V1 clients expect."""
+    response = _json_response(error.body().encode("utf-8", "surrogateescape"), error.status)
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def plain_text_response(data: str | bytes, status: int = 200) -> Response:
+    """Render like ``http_api.PlainText`` (used by /ping): no X-NSQ header, errors as text."""
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    headers = [("Content-Type", TEXT_CONTENT_TYPE)] if data else []
+    return _response(data, status, headers)
+
+
+def _json_response(body: bytes, status: int) -> Response:
+    headers = [
+        ("Content-Type", JSON_CONTENT_TYPE),
+        (NSQ_CONTENT_TYPE_HEADER, NSQ_CONTENT_TYPE),
+    ]
+    return _response(body, status, headers)
+
+
+#: Go's reason phrases where they differ from Werkzeug's upper-case ones or newer Python's.
+_REASONS = {413: "Request Entity Too Large"}
+
+
+def _response(body: bytes, status: int, headers: list[tuple[str, str]]) -> Response:
+    try:
+        reason = _REASONS.get(status) or HTTPStatus(status).phrase
+    except ValueError:
+        reason = "status code"
+    response = Response(body, status=f"{status} {reason}")
+    # Werkzeug adds a default text/html Content-Type; Go sends none for an empty body.
+    del response.headers["Content-Type"]
+    for name, value in headers:
+        response.headers[name] = value
+    response.headers.pop("Content-Length", None)
+    response.headers["Content-Length"] = str(len(body))
+    return response
+
+
+# ---------------------------------------------------------------------------------------------
+# Query strings, as Go's url.ParseQuery reads them
+
+
+def _unescape(text: str) -> str:
+    """Go's QueryUnescape: ``+`` is a space, ``%XX`` a byte, any other ``%`` an error."""
+    raw = bytearray()
+    data = text.encode("latin-1")
+    i = 0
+    while i < len(data):
+        byte = data[i]
+        if byte == 0x25:  # %
+            pair = data[i + 1 : i + 3]
+            if len(pair) < 2 or not all(chr(c) in "0123456789abcdefABCDEF" for c in pair):
+                raise ValueError(f"invalid URL escape {data[i : i + 3]!r}")
+            raw.append(int(pair, 16))
+            i += 3
+            continue
+        raw.append(0x20 if byte == 0x2B else byte)
+        i += 1
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def parse_query(raw: str | bytes) -> dict[str, list[str]]:
+    """Parse a raw query string as Go's url.ParseQuery; ValueError where Go returns an error.
+
+    Go keeps parsing after a bad piece, but nsqd rejects the whole request on any error, so
+    raising at the first one gives the same answer.
+    """
+    if isinstance(raw, bytes):
+        raw = raw.decode("latin-1")
+    values: dict[str, list[str]] = {}
+    for piece in raw.split("&"):
+        if not piece:
+            continue
+        key, _, value = piece.partition("=")
+        if ";" in key:
+            raise ValueError("invalid semicolon separator in query")
+        values.setdefault(_unescape(key), []).append(_unescape(value))
+    return values
+
+
+def query_params() -> dict[str, list[str]]:
+    """The current request's query parameters; 400 INVALID_REQUEST when they do not parse."""
+    try:
+        return parse_query(request.environ.get("QUERY_STRING", ""))
+    except ValueError as exc:
+        logger.error("failed to parse request params - %s", exc)
+        raise HTTPError(400, "INVALID_REQUEST") from None
+
+
+def first(params: Mapping[str, list[str]], key: str) -> str | None:
+    """The first value of ``key`` (Go's ``ReqParams.Get``), or None when absent."""
+    values = params.get(key)
+    return values[0] if values else None
+
+
+def read_body(limit: int) -> bytes:
+    """Read at most ``limit`` bytes of the request body, so a huge body is never held whole.
+
+    Callers pass their maximum + 1, as nsqd does with io.LimitReader, to tell "exactly the
+    maximum" from "too big".
+    """
+    stream = request.stream
+    chunks: list[bytes] = []
+    remaining = limit
+    while remaining > 0:
+        chunk = stream.read(min(remaining, 65536))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Routing
+
+
+Handler = Callable[..., Any]
+
+
+def create_flask_app(import_name: str) -> Flask:
+    """A Flask app with httprouter's behaviour for unknown paths, wrong methods and panics."""
+    app = Flask(import_name)
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = True
+    app.register_error_handler(HTTPError, error_response)
+    app.register_error_handler(HTTPException, _routing_error)
+    app.register_error_handler(Exception, _internal_error)
+    return app
+
+
+def route(
+    app: Flask,
+    path: str,
+    methods: Iterable[str],
+    *,
+    v1: bool = True,
+    log: bool = True,
+) -> Callable[[Handler], Handler]:
+    """Register ``handler`` for every method of ``path`` (a Werkzeug rule, e.g. ``/config/<opt>``).
+
+    ``v1=False`` renders with ``http_api.PlainText`` (nsqd's /ping). ``log=False`` skips the
+    per-request INFO line, as nsqd does for /pub and /mpub.
+    """
+    declared = tuple(m.upper() for m in methods)
+
+    def decorator(handler: Handler) -> Handler:
+        def view(**kwargs: Any) -> Response:
+            if request.method == "OPTIONS" and "OPTIONS" not in declared:
+                return _options_response(_allow_header(declared))
+            if request.method == "HEAD" and "HEAD" not in declared:
+                # Werkzeug routes HEAD to GET rules; httprouter has no HEAD routes at all.
+                raise HTTPError(
+                    405, "METHOD_NOT_ALLOWED", headers={"Allow": _allow_header(declared)}
+                )
+            started = time.perf_counter()
+            status = 200
+            try:
+                data = handler(**kwargs)
+            except HTTPError as exc:
+                status = exc.status
+                if not v1:
+                    return plain_text_response(exc.message, exc.status)
+                raise
+            except Exception:
+                status = 500
+                raise
+            finally:
+                if log:
+                    _log_request(status, started)
+            if isinstance(data, Response):
+                return data
+            return v1_response(data) if v1 else plain_text_response(data)
+
+        view.__name__ = handler.__name__
+        app.add_url_rule(
+            path,
+            endpoint=f"{handler.__name__}:{path}",
+            view_func=view,
+            methods=[*declared, *_HANDLED_EXTRA],
+            provide_automatic_options=False,
+        )
+        return handler
+
+    return decorator
+
+
+def _allow_header(methods: Iterable[str]) -> str:
+    allowed = {m for m in methods if m != "HEAD"} | {"OPTIONS"}
+    return ", ".join(sorted(allowed))
+
+
+def _options_response(allow: str) -> Response:
+    response = _response(b"", 200, [])
+    response.headers["Allow"] = allow
+    return response
+
+
+def _log_request(status: int, started: float) -> None:
+    from gnsq_server.nsqd.stats import go_duration
+
+    elapsed_ns = int((time.perf_counter() - started) * 1e9)
+    uri = request.environ.get("PATH_INFO", "")
+    query = request.environ.get("QUERY_STRING", "")
+    if query:
+        uri = f"{uri}?{query}"
+    logger.info(
+        "%d %s %s (%s:%s) %s",
+        status,
+        request.method,
+        uri,
+        request.environ.get("REMOTE_ADDR", ""),
+        request.environ.get("REMOTE_PORT", ""),
+        go_duration(elapsed_ns),
+    )
+
+
+def _routing_error(exc: HTTPException) -> Response:
+    if isinstance(exc, MethodNotAllowed):
+        allow = _allow_header(exc.valid_methods or ())
+        if request.method == "OPTIONS":
+            return _options_response(allow)
+        return error_response(HTTPError(405, "METHOD_NOT_ALLOWED", headers={"Allow": allow}))
+    if isinstance(exc, NotFound):
+        redirect = _trailing_slash_redirect()
+        if redirect is not None:
+            return redirect
+        return error_response(HTTPError(404, "NOT_FOUND"))
+    return error_response(HTTPError(exc.code or 500, (exc.name or "ERROR").upper()))
+
+
+def _trailing_slash_redirect() -> Response | None:
+    """httprouter's RedirectTrailingSlash: 301 for GET, 307 for other methods, same query."""
+    path = request.environ.get("PATH_INFO", "")
+    method = request.method
+    if path == "/" or method in ("HEAD", "OPTIONS", "CONNECT"):
+        return None
+    other = path[:-1] if path.endswith("/") else path + "/"
+    adapter = current_app.create_url_adapter(request)
+    if adapter is None:  # pragma: no cover - only outside a request
+        return None
+    try:
+        adapter.match(other, method=method)
+    except HTTPException:
+        return None
+    location = quote(other.encode("latin-1"), safe="/:@!$&'()*+,;=-._~")
+    query = request.environ.get("QUERY_STRING", "")
+    if query:
+        location = f"{location}?{query}"
+    if method == "GET":
+        escaped = (
+            location.replace("&", "&amp;")
+            .replace("<", "&lt;")
+            .replace(">", "&gt;")
+            .replace('"', "&#34;")
+            .replace("'", "&#39;")
+        )
+        body = f'<a href="{escaped}">Moved Permanently</a>.\n\n'.encode()
+        response = _response(body, 301, [("Content-Type", HTML_CONTENT_TYPE)])
+    else:
+        response = _response(b"", 307, [])
+    response.headers["Location"] = location
+    return response
+
+
+def _internal_error(exc: Exception) -> Response:
+    if isinstance(exc, HTTPError):  # pragma: no cover - the specific handler wins
+        return error_response(exc)
+    logger.exception("panic in HTTP handler - %s", exc)
+    return error_response(HTTPError(500, "INTERNAL_ERROR"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving
+
+
+def make_server(
+    app: Flask,
+    listener: socket,
+    *,
+    debug: bool = False,
+    **ssl_args: Any,
+) -> WSGIServer:
+    """A gevent WSGIServer for ``app`` on an already-bound, listening socket.
+
+    The access log is off unless ``debug``: nsqd logs its own one line per request. ``ssl_args``
+    (e.g. ``ssl_context=``) pass through for the HTTPS listener.
+    """
+    access_log = logging.getLogger(f"{__name__}.access") if debug else None
+    return WSGIServer(
+        listener,
+        app,
+        log=access_log,
+        error_log=logging.getLogger(f"{__name__}.error"),
+        handler_class=_Handler,
+        **ssl_args,
+    )
+
+
+#: Go's net/http discards at most this much unread request body to keep a connection alive.
+_MAX_POST_HANDLER_READ = 256 << 10
+#: How long Go keeps reading after a half-close so the client sees the answer, not a reset.
+_LINGER_SECONDS = 0.5
+
+
+class _Handler(WSGIHandler):
+    """pywsgi's handler, but like Go's server it never reads a big unread body to the end.
+
+    nsqd answers 413 from Content-Length alone; gevent would then read (and wait for) the whole
+    body before closing. Instead, when the body left is big or the connection closes anyway,
+    half-close and drain briefly, so the client reads the 413 rather than a connection reset.
+    """
+
+    def run_application(self) -> None:
+        super().run_application()
+        body = self.wsgi_input
+        if body is None or not self.response_length and not self.headers_sent:
+            return
+        unread = (body.content_length or 0) - body.position
+        if not (unread > 0 or body.chunked_input):
+            return
+        if not (self.close_connection or body.chunked_input or unread > _MAX_POST_HANDLER_READ):
+            return
+        self.close_connection = True
+        body.content_length = body.position  # nothing left for pywsgi's _discard()
+        body.chunked_input = False
+        self._linger()
+
+    def _linger(self) -> None:
+        sock = self.socket
+        try:
+            sock.shutdown(SHUT_WR)
+            with gevent.Timeout(_LINGER_SECONDS, False):
+                while sock.recv(65536):
+                    pass
+        except OSError:
+            pass
