@@ -137,6 +137,7 @@ class ServerProcess:
     def wait(self, timeout: float = 15.0) -> int:
         code = self.proc.wait(timeout)
         self._reader.join(5)
+        self.proc.stdout.close()
         return code
 
     def stop(self, timeout: float = 15.0) -> int | None:

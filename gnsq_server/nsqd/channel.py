@@ -68,6 +68,10 @@ class Channel:
         #: where deferred messages and their due times survive a clean restart
         self._deferred_file = deferred_file
         self._mem_capacity = opts.mem_queue_size
+        #: crash-safe mode: every message lives in the disk queue until it is finished
+        self.durable = bool(getattr(backend, "acknowledged", False))
+        #: crash-safe mode: due times (monotonic) of DPUB messages still in the disk queue
+        self._defer_due: dict[bytes, float] = {}
         self.memory: deque[Message] = deque()
         self.in_flight = DeadlineQueue()
         self.deferred = DeadlineQueue()
@@ -107,17 +111,30 @@ class Channel:
         return max(0, self._mem_capacity - len(self.memory)) + len(self._ready)
 
     def put(self, msg: Message) -> None:
-        """Accept a message from the topic (a DPUB one goes to the deferred set)."""
+        """Accept a message from the topic (a DPUB one goes to the deferred set).
+
+        In crash-safe mode it goes to the disk queue first and out to consumers from there
+        (see pump()), so a crash cannot lose it.
+        """
         self.message_count += 1
-        if msg.defer > 0:
+        if self.durable:
+            self.backend.put(msg.encode())
+            if msg.defer > 0:
+                self._defer_due[msg.id] = time.monotonic() + msg.defer
+        elif msg.defer > 0:
             self._defer(msg, msg.defer)
         else:
             self._enqueue(msg)
 
+    def pump(self) -> None:
+        """Crash-safe mode: hand what put() wrote to ready consumers."""
+        self._pump()
+
     def _enqueue(self, msg: Message) -> None:
         if self._ready and not self.paused:
             self._deliver(next(iter(self._ready.values())), msg)
-        elif len(self.memory) < self._mem_capacity:
+        elif msg.token is not None or len(self.memory) < self._mem_capacity:
+            # a crash-safe message already has its place on disk: requeue it in memory
             self.memory.append(msg)
         elif self.backend is not None:
             self.backend.put(msg.encode())
@@ -131,6 +148,8 @@ class Channel:
 
     def _take(self) -> Message | None:
         """Next queued message: memory and disk take turns when both hold some."""
+        if self.durable:
+            return self.memory.popleft() if self.memory else self._take_pending()
         backend = self.backend
         if backend is not None and backend.depth() and (self._disk_turn or not self.memory):
             self._disk_turn = False
@@ -142,11 +161,32 @@ class Channel:
             return self.memory.popleft()
         return None
 
+    def _take_pending(self) -> Message | None:
+        """Crash-safe mode: the next record, kept on disk until FIN; DPUB ones are deferred."""
+        while True:
+            got = self.backend.get_pending()
+            if got is None:
+                return None
+            msg = Message.decode(got[0])
+            msg.token = got[1]
+            due = self._defer_due.pop(msg.id, None) if self._defer_due else None
+            if due is None or due <= time.monotonic():
+                return msg
+            self.deferred.push(msg, due)
+            self._schedule(due)
+
+    def _forget(self, msg: Message) -> None:
+        """A crash-safe message is finished (or dropped): its disk record may go."""
+        if msg.token is not None:
+            self.backend.ack(msg.token)
+            msg.token = None
+
     # -- delivery -----------------------------------------------------------------------
 
     def _deliver(self, client: Consumer, msg: Message) -> None:
         ready = self._ready
         if client.sample_rate and random.randrange(100) > client.sample_rate:
+            self._forget(msg)
             return  # nsqd drops unsampled messages for the whole channel
         now = time.monotonic()
         msg.attempts += 1
@@ -217,6 +257,7 @@ class Channel:
     def finish(self, client: Consumer, msg_id: bytes) -> Message:
         msg = self._owned(client, msg_id)
         self.in_flight.remove(msg_id)
+        self._forget(msg)
         self._release(client)
         return msg
 
@@ -290,6 +331,7 @@ class Channel:
     def empty(self) -> None:
         """Drop queued, in-flight and deferred messages; consumers' in-flight counts reset."""
         self.memory.clear()
+        self._defer_due.clear()
         if self.backend is not None:
             self.backend.empty()
         self.in_flight.clear()
@@ -306,9 +348,15 @@ class Channel:
         """Take back the deferred messages a clean shutdown saved, with their remaining delay."""
         if self._deferred_file is None:
             return
-        now_ns = time.time_ns()
+        now, now_ns = time.monotonic(), time.time_ns()
         for due_ns, data in metadata.load_deferred(self._deferred_file):
-            self._defer(Message.decode(data), max(0.0, (due_ns - now_ns) / 1e9))
+            msg = Message.decode(data)
+            delay = max(0.0, (due_ns - now_ns) / 1e9)
+            if self.durable:
+                # the message itself is still in the disk queue: remember only its due time
+                self._defer_due[msg.id] = now + delay
+            else:
+                self._defer(msg, delay)
 
     def flush(self) -> None:
         """Clean shutdown: queued and in-flight messages to the disk queue, deferred ones to
@@ -321,12 +369,19 @@ class Channel:
         deferred = self.deferred.clear()
         if self.backend is None or self.ephemeral:
             return
-        if queued:
+        now, now_ns = time.monotonic(), time.time_ns()
+        entries = [(now_ns + int((m.deadline - now) * 1e9), m.encode()) for m in deferred]
+        if self.durable:
+            # Every message is still in the disk queue (its record stays until FIN); only the
+            # due times of deferred ones need saving, keyed by id.
+            entries += [
+                (now_ns + int((due - now) * 1e9), Message(msg_id, b"", 0).encode())
+                for msg_id, due in self._defer_due.items()
+            ]
+        elif queued:
             self.backend.put_many([msg.encode() for msg in queued])
         self.backend.close()
         if self._deferred_file is not None:
-            now, now_ns = time.monotonic(), time.time_ns()
-            entries = [(now_ns + int((m.deadline - now) * 1e9), m.encode()) for m in deferred]
             metadata.save_deferred(self._deferred_file, entries)
         log.info(
             "CHANNEL(%s:%s): flushed %d messages, %d deferred",

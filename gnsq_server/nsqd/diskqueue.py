@@ -28,9 +28,10 @@ import re
 import struct
 
 import gevent
+from gevent.event import AsyncResult
 from gevent.lock import Semaphore
 
-__all__ = ["DiskQueue", "MESSAGE_HEADER_SIZE", "message_size_bounds"]
+__all__ = ["DiskQueue", "GroupCommit", "MESSAGE_HEADER_SIZE", "message_size_bounds"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class DiskQueue:
         max_msg_size: int,
         sync_every: int,
         sync_timeout: float,
+        acknowledged: bool = False,
     ) -> None:
         self.name = name
         self.data_path = data_path
@@ -96,7 +98,15 @@ class DiskQueue:
         self._reader = None
         self._read_end: int | None = None
 
+        # acknowledged reads (crash-safe mode): records handed out by get_pending() stay on
+        # disk, and in the persisted read position, until ack(); token -> (file, pos) start
+        self._acknowledged = acknowledged
+        self._pending: dict[int, tuple[int, int]] = {}
+        self._tokens = 0
+        self._record_start = (0, 0)
+
         self._retrieve_metadata()
+        self._oldest_file_num = self._read_file_num  # no segment below this is kept
 
     # ---- file names ----------------------------------------------------------------------
 
@@ -110,6 +120,10 @@ class DiskQueue:
 
     def depth(self) -> int:
         return self._depth
+
+    @property
+    def acknowledged(self) -> bool:
+        return self._acknowledged
 
     def put(self, data: bytes) -> None:
         """Append one record; OSError (disk full, ...) leaves the queue as it was."""
@@ -164,11 +178,39 @@ class DiskQueue:
                 self._sync_logged()
             return data
 
+    def get_pending(self) -> tuple[bytes, int] | None:
+        """Pop the next record but keep it durable until ack(token): a crash before the ack
+        hands it out again. Only for a queue opened with acknowledged=True."""
+        with self._lock:
+            self._check_open()
+            data = self._read_one()
+            if data is None:
+                return None
+            self._count += 1
+            self._tokens += 1
+            self._pending[self._tokens] = self._record_start
+            if self._need_sync or self._count >= self._sync_every:
+                self._sync_logged()
+            return data, self._tokens
+
+    def ack(self, token: int) -> None:
+        """The record handed out with `token` is done with; segments before the oldest
+        outstanding record can go."""
+        with self._lock:
+            if self._pending.pop(token, None) is not None:
+                self._count += 1
+                self._remove_consumed_files()
+
+    def pending_count(self) -> int:
+        return len(self._pending)
+
     def empty(self) -> None:
         """Drop everything: delete every segment from reader to writer, and the metadata."""
         with self._lock:
             self._check_open()
             logger.info("DISKQUEUE(%s): emptying", self.name)
+            self._pending.clear()
+            self._remove_consumed_files()
             err = self._skip_to_next_rw_file()
             self._count = 0
             try:
@@ -269,8 +311,9 @@ class DiskQueue:
         """fsync the data file, then write the metadata to a temp file, fsync it, rename it."""
         path = self._meta_file_name()
         tmp = f"{path}.{random.getrandbits(63)}.tmp"
+        read_file_num, read_pos = self._committed_read_position()
         text = (
-            f"{self._depth}\n{self._read_file_num},{self._read_pos}\n"
+            f"{self._depth + len(self._pending)}\n{read_file_num},{read_pos}\n"
             f"{self._write_file_num},{self._write_pos}\n"
         ).encode()
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -425,6 +468,7 @@ class DiskQueue:
                     except OSError as exc:
                         logger.error("DISKQUEUE(%s) failed to write - %s", self.name, exc)
                         return None
+                self._record_start = (self._read_file_num, self._read_pos)
                 data = self._read_record()
             except OSError as exc:
                 logger.error(
@@ -462,16 +506,32 @@ class DiskQueue:
         return data
 
     def _next_read_file(self) -> None:
-        """The reader finished a segment: delete it and start on the next one."""
+        """The reader finished a segment: delete it (once nothing in it is pending) and start
+        on the next one."""
         self._close_reader()
-        old = self._file_name(self._read_file_num)
         self._read_file_num += 1
         self._read_pos = 0
         self._need_sync = True  # sync every time we start reading a new file
-        try:
-            os.remove(old)
-        except OSError as exc:
-            logger.error("DISKQUEUE(%s) failed to Remove(%s) - %s", self.name, old, exc)
+        self._remove_consumed_files()
+
+    def _committed_read_position(self) -> tuple[int, int]:
+        """Where a restart resumes reading: the oldest pending record, else the reader."""
+        if self._pending:
+            return next(iter(self._pending.values()))
+        return self._read_file_num, self._read_pos
+
+    def _remove_consumed_files(self) -> None:
+        """Delete finished segments below the committed read position."""
+        first_kept = self._committed_read_position()[0]
+        while self._oldest_file_num < first_kept:
+            old = self._file_name(self._oldest_file_num)
+            self._oldest_file_num += 1
+            try:
+                os.remove(old)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                logger.error("DISKQUEUE(%s) failed to Remove(%s) - %s", self.name, old, exc)
 
     def _handle_read_error(self) -> None:
         """Rename the unreadable segment to .bad and move on; drop the write file if it is it."""
@@ -557,6 +617,52 @@ class DiskQueue:
         self._write_file_num += 1
         self._write_pos = 0
         self._read_file_num = self._write_file_num
+        self._oldest_file_num = self._read_file_num
         self._read_pos = 0
         self._depth = 0
         return err
+
+
+class GroupCommit:
+    """Make writes durable for many waiting publishers with as few fsyncs as possible.
+
+    Each caller names the queues it wrote to and waits. One worker greenlet syncs everything
+    named so far; callers who arrive while an fsync runs are served together by the next
+    round, so concurrent publishers share fsyncs instead of queueing for one each.
+    """
+
+    def __init__(self) -> None:
+        self._queues: dict[int, DiskQueue] = {}
+        self._waiters: list[AsyncResult] = []
+        self._worker: gevent.Greenlet | None = None
+        self.rounds = 0
+
+    def commit(self, queues) -> None:
+        """Return once every record put into `queues` so far is on disk; OSError otherwise."""
+        result = AsyncResult()
+        for queue in queues:
+            self._queues[id(queue)] = queue
+        self._waiters.append(result)
+        if self._worker is None:
+            self._worker = gevent.spawn(self._run)
+        result.get()
+
+    def _run(self) -> None:
+        try:
+            while self._waiters:
+                queues, waiters = list(self._queues.values()), self._waiters
+                self._queues, self._waiters = {}, []
+                error = None
+                for queue in queues:
+                    try:
+                        queue.sync()
+                    except OSError as exc:
+                        error = exc
+                self.rounds += 1
+                for waiter in waiters:
+                    if error is None:
+                        waiter.set(None)
+                    else:
+                        waiter.set_exception(error)
+        finally:
+            self._worker = None

@@ -31,6 +31,7 @@ class Message:
         "client",
         "delivered_at",
         "deadline",
+        "token",
     )
 
     def __init__(self, msg_id: bytes, body: bytes, timestamp: int, attempts: int = 0) -> None:
@@ -43,6 +44,8 @@ class Message:
         self.client = None
         self.delivered_at = 0.0
         self.deadline = 0.0
+        #: crash-safe mode: the disk queue token that keeps this copy durable until FIN
+        self.token: int | None = None
 
     def copy(self) -> Message:
         """The copy a further channel gets: same id, body and timestamp, its own state."""

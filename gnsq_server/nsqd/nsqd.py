@@ -17,7 +17,7 @@ from .. import logs
 from ..wire import is_ephemeral
 from . import metadata
 from .channel import Channel
-from .diskqueue import DiskQueue, message_size_bounds
+from .diskqueue import DiskQueue, GroupCommit, message_size_bounds
 from .topic import DiscardBackend, Topic
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class NSQD:
         self.topics: dict[str, Topic] = {}
         self.clients: dict = {}
         self.sweeper = Sweeper()
+        self._group_commit = GroupCommit()
         self._listeners: dict[str, list[Callable]] = {}
         self._unhealthy: str | None = None
         self.exiting = False
@@ -178,7 +179,12 @@ class NSQD:
             max_size,
             opts.sync_every,
             opts.sync_timeout,
+            acknowledged=opts.crash_safe,
         )
+
+    def commit(self, queues) -> None:
+        """Crash-safe mode: wait until these disk queues are fsynced (shared group commit)."""
+        self._group_commit.commit(queues)
 
     def backends(self) -> list:
         queues = []

@@ -65,7 +65,10 @@ class Topic:
         self.started = True
         self.channels: dict[str, Channel] = {}
         self.memory: deque[Message] = deque()
-        self._mem_capacity = nsqd.opts.mem_queue_size
+        #: crash-safe mode: publishes are acknowledged only once fsynced, and nothing waits
+        #: in memory: held messages stay in the disk queue until every channel has them
+        self.durable = bool(getattr(backend, "acknowledged", False))
+        self._mem_capacity = 0 if self.durable else nsqd.opts.mem_queue_size
         self._ids = IdFactory(nsqd.opts.id)
         self._drainer: gevent.Greenlet | None = None
         self.message_count = 0
@@ -98,6 +101,8 @@ class Topic:
                 self._hold(msgs)
             else:
                 self._fan_out(msgs)
+            if self.durable:
+                self.nsqd.commit(self._queues_written(holding))
         except OSError as err:
             log.error("TOPIC(%s): failed to write messages to disk - %s", self.name, err)
             self.nsqd.set_unhealthy(err)
@@ -135,10 +140,26 @@ class Topic:
             for channel in rest:
                 channel.put(msg.copy())
             first.put(msg)
+        for channel in channels:
+            if channel.durable:
+                channel.pump()
+
+    def _queues_written(self, holding: bool) -> list:
+        """The disk queues a crash-safe publish wrote to, which must be fsynced before OK."""
+        if holding:
+            return [self.backend]
+        return [channel.backend for channel in self.channels.values() if channel.durable]
 
     def _take(self) -> Message | None:
         if self.memory:
             return self.memory.popleft()
+        if self.durable:
+            got = self.backend.get_pending()
+            if got is None:
+                return None
+            msg = Message.decode(got[0])
+            msg.token = got[1]
+            return msg
         if self.backend is not None and self.backend.depth():
             data = self.backend.get()
             if data is not None:
@@ -173,13 +194,24 @@ class Topic:
                     batch.append(msg)
                 if not batch:
                     return
+                tokens = [msg.token for msg in batch]
+                for msg in batch:
+                    msg.token = None  # the topic's token; the channels keep their own copies
                 try:
                     self._fan_out(batch)
-                except QueueFull:
-                    # Channels without a disk queue are full: put the rest back and wait.
-                    log.warning("TOPIC(%s): channels full, holding backlog", self.name)
+                    if self.durable:
+                        # the channels' copies are durable before the topic lets go of its own
+                        self.nsqd.commit(self._queues_written(holding=False))
+                        for token in tokens:
+                            self.backend.ack(token)
+                except (OSError, QueueFull) as err:
+                    # Disk trouble, or channels without a disk queue are full: keep the batch
+                    # in front of the backlog and try again shortly.
+                    log.warning("TOPIC(%s): holding backlog - %s", self.name, err)
+                    for msg, token in zip(batch, tokens, strict=True):
+                        msg.token = token
                     self.memory.extendleft(reversed(batch))
-                    gevent.sleep(0.1)
+                    gevent.sleep(0.5)
                     continue
                 gevent.sleep(0)
         finally:
@@ -235,7 +267,7 @@ class Topic:
             channel.flush()
         if self.backend is None or self.ephemeral:
             return
-        if self.memory:
+        if self.memory and not self.durable:  # crash-safe: still pending on disk
             self.backend.put_many([msg.encode() for msg in self.memory])
-            self.memory.clear()
+        self.memory.clear()
         self.backend.close()
