@@ -17,6 +17,31 @@ Files, in ``data_path`` (``name`` is ``<topic>`` or ``<topic>:<channel>``)::
 Writes go to an in-memory buffer written with one ``pwrite`` when it fills, when the
 reader catches up with it, or on sync; a failed write leaves the queue as it was before
 that ``put``/``put_many``, so the caller can report the error and carry on.
+
+Crash-safe mode (``gnsqd --crash-safe``), the design
+----------------------------------------------------
+nsqd loses whatever sits in memory, in flight or deferred when it dies. In crash-safe mode
+every message lives in a disk queue, in nsqd's own file format, from the moment it is
+accepted until it is finished, and nothing is acknowledged before it is on disk:
+
+1. Publish: the topic writes the batch to each channel's disk queue (or, while the topic has
+   no channel or is paused, to its own), then waits on ``GroupCommit``: one worker fsyncs
+   every queue written since its last round, so concurrent publishers share an fsync. Only
+   then does the publisher get ``OK``.
+2. Deliver: a channel reads with ``get_pending()``. The record stays on disk and the
+   persisted read position (the ``.meta.dat`` file) never moves past the oldest pending
+   record, so a crash re-reads every message that was queued, in flight, requeued or
+   deferred. Requeued messages wait in memory with their token; they are already on disk.
+3. Finish: FIN (or a sample-rate drop, or emptying the channel) calls ``ack(token)``;
+   segments wholly below the oldest pending record are deleted.
+4. Topic backlog: the topic reads its own queue with ``get_pending()``, writes the copies
+   to the channels' queues, fsyncs those, and only then acks its own records.
+5. Recovery is the ordinary start: each queue resumes at its persisted read position.
+   Messages finished after the last metadata sync come again (at-least-once, as NSQ
+   promises); none that got an ``OK`` is lost. The files stay readable by nsqd.
+
+Costs: one fsync round per publish batch window, and a long-deferred message pins its
+segment (and everything after it is re-delivered after a crash) until it is finished.
 """
 
 from __future__ import annotations
