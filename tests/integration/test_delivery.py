@@ -246,6 +246,8 @@ def test_rdy_zero_pauses_delivery(server, connect):
     consumer.command(b"RDY 0")
     for msg in msgs:
         fin(consumer, msg)
+    # The FINs are handled after RDY 0 (same connection): once they are, RDY 0 is in force.
+    assert wait_until(lambda: channel_state(server, "paused", "c")["in_flight"] == 0)
     publish(producer, "paused", b"p3")
     assert_silent(consumer, 0.4)
     consumer.command(b"RDY 1")
