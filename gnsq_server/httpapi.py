@@ -29,6 +29,8 @@ from flask import Flask, Response, current_app, request
 from gevent.pywsgi import WSGIHandler, WSGIServer
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from gnsq_server import logs
+
 logger = logging.getLogger(__name__)
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
@@ -461,27 +463,14 @@ def _internal_error(exc: Exception) -> Response:
 # Serving
 
 
-def make_server(
-    app: Flask,
-    listener: socket,
-    *,
-    debug: bool = False,
-    **ssl_args: Any,
-) -> WSGIServer:
+def make_server(app: Flask, listener: socket, **ssl_args: Any) -> WSGIServer:
     """A gevent WSGIServer for ``app`` on an already-bound, listening socket.
 
-    The access log is off unless ``debug``: nsqd logs its own one line per request. ``ssl_args``
-    (e.g. ``ssl_context=``) pass through for the HTTPS listener.
+    Access lines go to the DEBUG level only (nsqd logs one INFO line per request itself) and
+    server errors to ERROR, through ``logs.wsgi_logs``. ``ssl_args`` (e.g. ``ssl_context=``)
+    pass through for the HTTPS listener.
     """
-    access_log = logging.getLogger(f"{__name__}.access") if debug else None
-    return WSGIServer(
-        listener,
-        app,
-        log=access_log,
-        error_log=logging.getLogger(f"{__name__}.error"),
-        handler_class=_Handler,
-        **ssl_args,
-    )
+    return WSGIServer(listener, app, handler_class=_Handler, **logs.wsgi_logs(), **ssl_args)
 
 
 #: Go's net/http discards at most this much unread request body to keep a connection alive.

@@ -1,0 +1,378 @@
+"""nsqd's HTTP API (PROTOCOL.md 2.2) as a Flask app over the NSQD core.
+
+Every check happens in nsqd 1.3.0's order, because clients and scripts see which error wins:
+for /pub the body is judged before the query, for /mpub the query before the body, and a topic
+is created as soon as its name validates, even if a later parameter is bad. Go's pprof and
+debug endpoints are not offered (404).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import struct
+from typing import Any
+
+from flask import Flask, request
+
+from gnsq_server import NSQ_VERSION, config
+from gnsq_server.httpapi import (
+    HTTPError,
+    create_flask_app,
+    first,
+    query_params,
+    read_body,
+    route,
+)
+from gnsq_server.nsqd import stats
+from gnsq_server.nsqd.topic import PublishError
+from gnsq_server.wire import is_valid_name
+
+logger = logging.getLogger(__name__)
+
+_BOOL_PARAMS = {"true": True, "1": True, "false": False, "0": False}
+_LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
+_INT64_RE = re.compile(r"[+-]?[0-9]+\Z")
+_INT32 = struct.Struct(">i")
+_NS = 1_000_000_000
+
+TLS_REQUIRED_MODE = 2  # --tls-required=true: plain HTTP is refused
+
+
+def create_app(
+    nsqd: Any,
+    *,
+    https: bool = False,
+    e2e: stats.E2ESource = stats.empty_e2e,
+) -> Flask:
+    """The nsqd HTTP API over ``nsqd``; ``https`` marks the app behind the HTTPS listener.
+
+    ``e2e`` supplies e2e-processing-latency results per topic/channel for /stats.
+    """
+    app = create_flask_app(__name__)
+    opts = nsqd.opts
+
+    if opts.tls_required == TLS_REQUIRED_MODE and not https:
+
+        @app.before_request
+        def tls_required() -> None:
+            raise HTTPError(403, "TLS_REQUIRED", https_port=nsqd.https_port)
+
+    @route(app, "/ping", ["GET"], v1=False)
+    def ping() -> str:
+        health = nsqd.health()
+        if health != "OK":
+            raise HTTPError(500, health)
+        return health
+
+    @route(app, "/info", ["GET"])
+    def info() -> dict:
+        return {
+            "version": NSQ_VERSION,
+            "broadcast_address": opts.broadcast_address,
+            "hostname": nsqd.hostname,
+            "http_port": nsqd.http_port,
+            "tcp_port": nsqd.tcp_port,
+            "start_time": int(nsqd.start_time),
+            "max_heartbeat_interval": _ns(opts.max_heartbeat_interval),
+            "max_output_buffer_size": opts.max_output_buffer_size,
+            "max_output_buffer_timeout": _ns(opts.max_output_buffer_timeout),
+            "max_deflate_level": opts.max_deflate_level,
+        }
+
+    # -- publishing ---------------------------------------------------------------------
+
+    @route(app, "/pub", ["POST"], log=False)
+    def pub() -> str:
+        max_msg_size = opts.max_msg_size
+        if (request.content_length or 0) > max_msg_size:
+            raise HTTPError(413, "MSG_TOO_BIG")
+        body = read_body(max_msg_size + 1)
+        if len(body) > max_msg_size:
+            raise HTTPError(413, "MSG_TOO_BIG")
+        if not body:
+            raise HTTPError(400, "MSG_EMPTY")
+        params, topic = _topic_from_query(nsqd)
+        defer_ms = 0
+        if "defer" in params:
+            defer_ms = _parse_defer(params["defer"][0], opts.max_req_timeout)
+        _publish(topic, [body], defer_ms / 1000.0)
+        return "OK"
+
+    @route(app, "/mpub", ["POST"], log=False)
+    def mpub() -> str:
+        if (request.content_length or 0) > opts.max_body_size:
+            raise HTTPError(413, "BODY_TOO_BIG")
+        params, topic = _topic_from_query(nsqd)
+        binary = False
+        if "binary" in params:
+            # nsqd treats any unrecognised value as binary (deprecated spelling).
+            binary = _BOOL_PARAMS.get(params["binary"][0], True)
+        if binary:
+            bodies = _read_binary_mpub(opts.max_msg_size, opts.max_body_size)
+        else:
+            bodies = _read_text_mpub(opts.max_msg_size, opts.max_body_size)
+        _publish(topic, bodies)
+        return "OK"
+
+    # -- stats --------------------------------------------------------------------------
+
+    @route(app, "/stats", ["GET"])
+    def stats_view() -> Any:
+        params = query_params()
+        doc = stats.snapshot(
+            nsqd,
+            topic_name=first(params, "topic") or "",
+            channel_name=first(params, "channel") or "",
+            include_clients=stats.parse_bool_param(first(params, "include_clients")),
+            include_mem=stats.parse_bool_param(first(params, "include_mem")),
+            e2e=e2e,
+        )
+        if first(params, "format") == "json":
+            return doc
+        return stats.render_text(doc)
+
+    # -- topics -------------------------------------------------------------------------
+
+    @route(app, "/topic/create", ["POST"])
+    def topic_create() -> None:
+        _topic_from_query(nsqd)
+
+    @route(app, "/topic/delete", ["POST"])
+    def topic_delete() -> None:
+        name = _required(query_params(), "topic")
+        try:
+            nsqd.delete_topic(name)
+        except KeyError:
+            raise HTTPError(404, "TOPIC_NOT_FOUND") from None
+
+    @route(app, "/topic/empty", ["POST"])
+    def topic_empty() -> None:
+        name = _required(query_params(), "topic")
+        if not is_valid_name(name):
+            raise HTTPError(400, "INVALID_TOPIC")
+        _guarded(_existing_topic(nsqd, name).empty)
+
+    @route(app, "/topic/pause", ["POST"])
+    def topic_pause() -> None:
+        topic = _existing_topic(nsqd, _required(query_params(), "topic"))
+        _guarded(topic.pause)
+
+    @route(app, "/topic/unpause", ["POST"])
+    def topic_unpause() -> None:
+        topic = _existing_topic(nsqd, _required(query_params(), "topic"))
+        _guarded(topic.unpause)
+
+    # -- channels -----------------------------------------------------------------------
+
+    @route(app, "/channel/create", ["POST"])
+    def channel_create() -> None:
+        topic, channel_name = _existing_topic_and_channel_name(nsqd)
+        topic.get_channel(channel_name)
+
+    @route(app, "/channel/delete", ["POST"])
+    def channel_delete() -> None:
+        topic, channel_name = _existing_topic_and_channel_name(nsqd)
+        try:
+            topic.delete_channel(channel_name)
+        except KeyError:
+            raise HTTPError(404, "CHANNEL_NOT_FOUND") from None
+
+    @route(app, "/channel/empty", ["POST"])
+    def channel_empty() -> None:
+        _guarded(_existing_channel(nsqd).empty)
+
+    @route(app, "/channel/pause", ["POST"])
+    def channel_pause() -> None:
+        _guarded(_existing_channel(nsqd).pause)
+
+    @route(app, "/channel/unpause", ["POST"])
+    def channel_unpause() -> None:
+        _guarded(_existing_channel(nsqd).unpause)
+
+    # -- runtime configuration ----------------------------------------------------------
+
+    @route(app, "/config/<opt>", ["GET", "PUT"])
+    def config_view(opt: str) -> Any:
+        if request.method == "PUT":
+            _put_config(nsqd, opt)
+        try:
+            value = config.config_endpoint_value(opts, opt, nsqd.http_port)
+        except KeyError:
+            raise HTTPError(400, "INVALID_OPTION") from None
+        # nsqd fills unset broadcast ports with the bound ones at startup.
+        if opt == "broadcast_tcp_port" and not value:
+            return nsqd.tcp_port
+        if opt == "broadcast_http_port" and not value:
+            return nsqd.http_port
+        return value
+
+    return app
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters and lookups, with nsqd's error texts
+
+
+def _ns(seconds: float) -> int:
+    return int(round(seconds * _NS))
+
+
+def _required(params: dict[str, list[str]], name: str) -> str:
+    value = first(params, name)
+    if value is None:
+        raise HTTPError(400, f"MISSING_ARG_{name.upper()}")
+    return value
+
+
+def _topic_from_query(nsqd: Any) -> tuple[dict[str, list[str]], Any]:
+    """nsqd's getTopicFromQuery: validate the topic name, then get (and so create) the topic."""
+    params = query_params()
+    name = _required(params, "topic")
+    if not is_valid_name(name):
+        raise HTTPError(400, "INVALID_TOPIC")
+    return params, nsqd.get_topic(name)
+
+
+def _existing_topic(nsqd: Any, name: str) -> Any:
+    topic = nsqd.find_topic(name)
+    if topic is None:
+        raise HTTPError(404, "TOPIC_NOT_FOUND")
+    return topic
+
+
+def _existing_topic_and_channel_name(nsqd: Any) -> tuple[Any, str]:
+    """nsqd's getExistingTopicFromQuery: both names present and valid, then the topic exists."""
+    params = query_params()
+    topic_name = _required(params, "topic")
+    if not is_valid_name(topic_name):
+        raise HTTPError(400, "INVALID_ARG_TOPIC")
+    channel_name = _required(params, "channel")
+    if not is_valid_name(channel_name):
+        raise HTTPError(400, "INVALID_ARG_CHANNEL")
+    return _existing_topic(nsqd, topic_name), channel_name
+
+
+def _existing_channel(nsqd: Any) -> Any:
+    topic, channel_name = _existing_topic_and_channel_name(nsqd)
+    channel = topic.find_channel(channel_name)
+    if channel is None:
+        raise HTTPError(404, "CHANNEL_NOT_FOUND")
+    return channel
+
+
+def _guarded(action: Any) -> None:
+    """Run an empty/pause/unpause; a failure (e.g. disk) is nsqd's 500 INTERNAL_ERROR."""
+    try:
+        action()
+    except Exception as err:
+        logger.error("failure in %s - %s", request.path, err)
+        raise HTTPError(500, "INTERNAL_ERROR") from None
+
+
+def _parse_defer(raw: str, max_req_timeout: float) -> int:
+    """`defer` in ms as strconv.ParseInt reads it, within 0..max-req-timeout."""
+    if not _INT64_RE.match(raw):
+        raise HTTPError(400, "INVALID_DEFER")
+    value = int(raw)
+    if not -(1 << 63) <= value < 1 << 63:
+        raise HTTPError(400, "INVALID_DEFER")
+    if value < 0 or value * 1_000_000 > _ns(max_req_timeout):
+        raise HTTPError(400, "INVALID_DEFER")
+    return value
+
+
+def _publish(topic: Any, bodies: list[bytes], defer: float = 0.0) -> None:
+    # nsqd answers 503 EXITING for any PutMessage(s) failure, disk write errors included.
+    try:
+        topic.publish(bodies, defer)
+    except PublishError:
+        raise HTTPError(503, "EXITING") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# /mpub bodies
+
+
+def _read_text_mpub(max_msg_size: int, max_body_size: int) -> list[bytes]:
+    """Newline-separated messages, judged line by line as nsqd's bufio loop does."""
+    read_max = max_body_size + 1
+    data = read_body(read_max)
+    bodies: list[bytes] = []
+    total = 0
+    start = 0
+    while start <= len(data):
+        end = data.find(b"\n", start)
+        stop = len(data) if end < 0 else end + 1
+        block = data[start:stop]
+        total += len(block)
+        if total == read_max:
+            raise HTTPError(413, "BODY_TOO_BIG")
+        if block.endswith(b"\n"):
+            block = block[:-1]
+        if block:
+            if len(block) > max_msg_size:
+                raise HTTPError(413, "MSG_TOO_BIG")
+            bodies.append(block)
+        if end < 0:
+            break
+        start = stop
+    return bodies
+
+
+def _read_binary_mpub(max_msg_size: int, max_body_size: int) -> list[bytes]:
+    """``[int32 count]([int32 size][body])*``: TCP MPUB without its body-size prefix.
+
+    Errors are 413 with the TCP code minus ``E_``. The body is read with a bound of
+    max-body-size (nsqd only checks Content-Length here, so a chunked body bigger than that is
+    refused by us and accepted by nsqd).
+    """
+    data = read_body(max_body_size)
+    if len(data) < 4:
+        raise HTTPError(413, "BAD_BODY")
+    (count,) = _INT32.unpack_from(data)
+    if count <= 0 or count > (max_body_size - 4) // 5:
+        raise HTTPError(413, "BAD_BODY")
+    bodies: list[bytes] = []
+    offset = 4
+    for _ in range(count):
+        if offset + 4 > len(data):
+            raise HTTPError(413, "BAD_MESSAGE")
+        (size,) = _INT32.unpack_from(data, offset)
+        offset += 4
+        if size <= 0 or size > max_msg_size:
+            raise HTTPError(413, "BAD_MESSAGE")
+        if offset + size > len(data):
+            raise HTTPError(413, "BAD_MESSAGE")
+        bodies.append(data[offset : offset + size])
+        offset += size
+    return bodies
+
+
+# ---------------------------------------------------------------------------------------------
+# PUT /config/<opt>
+
+
+def _put_config(nsqd: Any, opt: str) -> None:
+    body = read_body(nsqd.opts.max_msg_size + 1)
+    if not body or len(body) > nsqd.opts.max_msg_size:
+        raise HTTPError(413, "INVALID_VALUE")
+    if opt == "nsqlookupd_tcp_addresses":
+        try:
+            addresses = json.loads(body)
+        except ValueError:
+            raise HTTPError(400, "INVALID_VALUE") from None
+        if addresses is None:
+            addresses = []
+        if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+            raise HTTPError(400, "INVALID_VALUE")
+        # Like nsqd, addresses are not validated here: bad ones fail when dialled.
+        nsqd.set_lookupd_addresses(addresses)
+    elif opt == "log_level":
+        name = body.decode("utf-8", "replace")
+        if name.lower() not in _LOG_LEVELS:
+            raise HTTPError(400, "INVALID_VALUE")
+        nsqd.set_log_level(name.lower())
+    else:
+        raise HTTPError(400, "INVALID_OPTION")
