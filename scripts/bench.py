@@ -414,8 +414,7 @@ class Crew:
             out = func(*args, lambda: next(passed).wait(600))
             out["latency"] = out["latency"].tobytes()
         except BaseException as err:
-            for barrier in self.barriers:
-                barrier.abort()
+            self.abort()
             out = {"error": f"{type(err).__name__}: {err}"}
         self.results.put(out)
 
@@ -456,16 +455,6 @@ class Crew:
 
 class BenchError(Exception):
     """A mode could not run (a worker failed, or the server is missing a feature)."""
-
-
-def run_crew(jobs: Sequence[tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]],
-             timeout: float) -> list[dict[str, Any]]:
-    crew = Crew()
-    for func, args in jobs:
-        crew.add(func, *args)
-    crew.start()
-    crew.phase()
-    return crew.finish(timeout)
 
 
 def combine(outs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -526,31 +515,36 @@ class Gnsqd:
     def __init__(self, binary: Path, extra_args: Sequence[str]) -> None:
         self.binary = binary
         self.extra_args = list(extra_args)
+        # The caller may set the HTTP address itself (or none, with --http-address=).
+        self.own_http = not any(a.lstrip("-").startswith("http-address") for a in extra_args)
         self.tmp = Path(tempfile.mkdtemp(prefix="gnsqd-bench-"))
         self.log_path = self.tmp / "gnsqd.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.exit_code: int | None = None
 
     def start(self) -> Target:
-        """Start with HTTP; if gnsqd dies that way, once and for all runs, start it without."""
-        if any(arg.lstrip("-").startswith("http-address") for arg in self.extra_args):
-            return self._start(http=False)  # the caller chose the HTTP address (or none)
+        """Start with HTTP; if only that fails, remember it for later runs and go without."""
+        if not self.own_http:
+            return self._start(http=None)
         if Gnsqd.http_broken is None:
             try:
                 return self._start(http=True)
             except BenchError as err:
+                target = self._start(http=False)  # raises when gnsqd fails for another reason
                 Gnsqd.http_broken = str(err)
-        target = self._start(http=False)
+        else:
+            target = self._start(http=False)
         target.notes.append(f"HTTP disabled: gnsqd failed to start with it ({Gnsqd.http_broken})")
         return target
 
-    def _start(self, http: bool) -> Target:
+    def _start(self, http: bool | None) -> Target:
+        """Run gnsqd and read its ports from its log; `http` None = as the extra args say."""
         data = self.tmp / "data"
         shutil.rmtree(data, ignore_errors=True)
         data.mkdir()
         args = [str(self.binary), "--tcp-address=127.0.0.1:0", f"--data-path={data}",
                 "--mem-queue-size=1000000", *self.extra_args]
-        if not any(arg.lstrip("-").startswith("http-address") for arg in self.extra_args):
+        if http is not None:
             args.insert(2, "--http-address=127.0.0.1:0" if http else "--http-address=")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
@@ -560,7 +554,7 @@ class Gnsqd:
             text = self.log_path.read_text(errors="replace")
             for kind, host, port in LISTEN_RE.findall(text):
                 ports[kind] = (host.strip("[]"), int(port))
-            if "TCP" in ports and ("HTTP" in ports or not http):
+            if "TCP" in ports and ("HTTP" in ports or http is not True):
                 return Target(ports["TCP"], ports.get("HTTP"), self.proc.pid, data)
             if (code := self.proc.poll()) is not None:
                 tail = [line for line in text.splitlines() if line.strip()][-1:] or ["no output"]
@@ -651,7 +645,12 @@ def producer_jobs(mode: str, target: Target, opts: argparse.Namespace, topic: st
 
 
 def run_producers(jobs: Sequence[Job], timeout: float) -> dict[str, Any]:
-    return combine(run_crew([(produce, (job,)) for job in jobs], timeout))
+    crew = Crew()
+    for job in jobs:
+        crew.add(produce, job)
+    crew.start()
+    crew.phase()
+    return combine(crew.finish(timeout))
 
 
 def mode_timeout(opts: argparse.Namespace) -> float:
@@ -733,6 +732,7 @@ def bench_latency(target: Target, opts: argparse.Namespace, topic: str) -> dict[
 
 
 def run_mode(mode: str, target: Target, opts: argparse.Namespace, tag: str) -> dict[str, Any]:
+    """One mode on its own topic; the server's RSS is read before the topic is deleted."""
     topic = f"bench-{tag}-{mode}"[:64]
     try:
         if mode == "consume":
@@ -741,6 +741,7 @@ def run_mode(mode: str, target: Target, opts: argparse.Namespace, tag: str) -> d
             result = bench_latency(target, opts, topic)
         else:
             result = bench_producers(mode, target, opts, topic)
+        result["rss_kb"] = target.rss_kb()
     finally:
         if not opts.keep_topics and (opts.one_server or not opts.start_gnsqd):
             delete_topic(target.http, topic)
@@ -748,41 +749,39 @@ def run_mode(mode: str, target: Target, opts: argparse.Namespace, tag: str) -> d
 
 
 @contextmanager
-def server_for(opts: argparse.Namespace, extra: Sequence[str] = (),
-               shared: list[Any] | None = None) -> Iterator[Target]:
-    """A target: a fresh gnsqd, the shared one (--one-server), or the given addresses."""
-    if not opts.start_gnsqd:
-        yield Target(parse_address(opts.tcp_address),
-                     parse_address(opts.http_address) if opts.http_address else None,
-                     opts.server_pid)
-        return
-    if shared is not None and shared:
-        yield shared[1]
-        return
+def started_gnsqd(opts: argparse.Namespace, extra: Sequence[str] = ()) -> Iterator[Target]:
+    """A fresh gnsqd; its exit status and log complaints are added to the target's notes."""
     server = Gnsqd(Path(opts.gnsqd), [*opts.gnsqd_arg, *extra])
-    target = server.start()
-    if shared is not None:
-        shared[:] = [server, target]
-        yield target
-        return
     try:
+        target = server.start()
         yield target
+        server.stop()
+        problems = server.log_problems()
+        if server.exit_code:
+            target.notes.append(f"gnsqd exited with status {server.exit_code} on SIGTERM")
+        if problems:
+            target.notes.append(f"gnsqd log: {len(problems)} warning/error lines, first: "
+                                f"{problems[0][:200]}")
     finally:
         server.stop()
-        report_server(server, target)
         server.cleanup()
 
 
-def report_server(server: Gnsqd, target: Target) -> None:
-    problems = server.log_problems()
-    if server.exit_code not in (0, None):
-        target.notes.append(f"gnsqd exited with status {server.exit_code} on SIGTERM")
-    if problems:
-        target.notes.append(f"gnsqd log: {len(problems)} warning/error lines, first: "
-                            f"{problems[0][:200]}")
+@contextmanager
+def server_for(opts: argparse.Namespace, shared: Target | None) -> Iterator[Target]:
+    """The target of one run: the --one-server gnsqd, a fresh one, or the given addresses."""
+    if shared is not None:
+        yield shared
+    elif opts.start_gnsqd:
+        with started_gnsqd(opts) as target:
+            yield target
+    else:
+        yield Target(parse_address(opts.tcp_address),
+                     parse_address(opts.http_address) if opts.http_address else None,
+                     opts.server_pid)
 
 
-def run_once(mode: str, opts: argparse.Namespace, rep: int, shared: list[Any] | None
+def run_once(mode: str, opts: argparse.Namespace, rep: int, shared: Target | None
              ) -> dict[str, Any]:
     """One run of one mode; failures and missing features become a status, not an exit."""
     tag = f"{os.getpid()}-{rep}"
@@ -790,11 +789,10 @@ def run_once(mode: str, opts: argparse.Namespace, rep: int, shared: list[Any] | 
         return run_crash_safe(opts, tag)
     target: Target | None = None
     try:
-        with server_for(opts, shared=shared) as target:
+        with server_for(opts, shared) as target:
             if mode.startswith("http") and target.http is None:
                 raise BenchError("unavailable: no HTTP listener")
             result = run_mode(mode, target, opts, tag)
-            result["rss_kb"] = target.rss_kb()
         result["status"] = "ok"
     except (BenchError, OSError, threading.BrokenBarrierError) as err:
         result = {"status": str(err) or type(err).__name__}
@@ -809,12 +807,11 @@ def run_crash_safe(opts: argparse.Namespace, tag: str) -> dict[str, dict[str, An
         return dict.fromkeys(("mpub", "pub"), {"status": "unavailable: needs --start-gnsqd"})
     out: dict[str, dict[str, Any]] = {}
     try:
-        with server_for(opts, extra=["--crash-safe"]) as target:
+        with started_gnsqd(opts, extra=["--crash-safe"]) as target:
             assert target.data_path is not None
             for mode in ("mpub", "pub"):
                 before = dir_bytes(target.data_path)
                 out[mode] = result = run_mode(mode, target, opts, tag + "-cs")
-                result["rss_kb"] = target.rss_kb()
                 result["bytes_on_disk"] = on_disk = dir_bytes(target.data_path) - before
                 # An fsync before OK leaves at least the bodies on disk while gnsqd still runs.
                 result["status"] = "ok" if on_disk >= result["msgs"] * opts.body_size else (
@@ -1089,46 +1086,44 @@ def selected_modes(opts: argparse.Namespace, choices: Sequence[str]) -> list[str
     return [n for n in choices if n in names]
 
 
+def run_modes(opts: argparse.Namespace, modes: Sequence[str], shared: Target | None
+              ) -> dict[str, dict[str, Any]]:
+    """Every mode --repeat times: mode name -> summary (crash-safe gives two rows)."""
+    summaries: dict[str, dict[str, Any]] = {}
+    for mode in modes:
+        runs = []
+        for rep in range(opts.repeat):
+            print(f"{mode} run {rep + 1}/{opts.repeat} ...", file=sys.stderr, flush=True)
+            if not opts.self_test:
+                runs.append(run_once(mode, opts, rep, shared))
+                continue
+            try:
+                runs.append(self_test_once(mode, opts))
+            except (BenchError, OSError, threading.BrokenBarrierError) as err:
+                runs.append({"status": f"failed: {err}"})
+        if mode == "crash-safe":
+            for inner in ("mpub", "pub"):
+                summaries[f"{mode}:{inner}"] = summarize([r[inner] for r in runs], opts.body_size)
+        else:
+            summaries[mode] = summarize(runs, opts.body_size)
+    return summaries
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     opts = build_parser().parse_args(argv)
     opts.http_address = opts.http_address or None
-    self_test = opts.self_test
-    modes = selected_modes(opts, SELF_TEST_MODES if self_test else MODES)
-    shared: list[Any] | None = [] if opts.one_server else None
-    report: dict[str, Any] = {"config": dict(vars(opts)), "modes": {}}
-    rows: list[tuple[str, dict[str, Any]]] = []
-    try:
-        for mode in modes:
-            runs = []
-            for rep in range(opts.repeat):
-                print(f"{mode} run {rep + 1}/{opts.repeat} ...", file=sys.stderr, flush=True)
-                if self_test:
-                    try:
-                        runs.append(self_test_once(mode, opts))
-                    except (BenchError, OSError, threading.BrokenBarrierError) as err:
-                        runs.append({"status": f"failed: {err}"})
-                else:
-                    runs.append(run_once(mode, opts, rep, shared))
-            if mode == "crash-safe":
-                for inner in ("mpub", "pub"):
-                    name = f"crash-safe:{inner}"
-                    summary = summarize([run[inner] for run in runs], opts.body_size)
-                    report["modes"][name] = summary
-                    rows.append((name, summary))
-            else:
-                report["modes"][mode] = summary = summarize(runs, opts.body_size)
-                rows.append((mode, summary))
-    finally:
-        if shared:
-            server, target = shared
-            server.stop()
-            report_server(server, target)
-            server.cleanup()
-            report["server_notes"] = target.notes
-    where = "self-test sink (generator ceiling)" if self_test else (
+    modes = selected_modes(opts, SELF_TEST_MODES if opts.self_test else MODES)
+    report: dict[str, Any] = {"config": dict(vars(opts))}
+    if opts.one_server and opts.start_gnsqd and not opts.self_test:
+        with started_gnsqd(opts) as shared:
+            report["modes"] = run_modes(opts, modes, shared)
+        report["server_notes"] = shared.notes
+    else:
+        report["modes"] = run_modes(opts, modes, None)
+    where = "self-test sink (generator ceiling)" if opts.self_test else (
         "gnsqd started by bench.py" if opts.start_gnsqd else f"server at {opts.tcp_address}")
-    print_table(f"{where}; {opts.body_size}-byte bodies, {opts.duration:g} s per mode", rows,
-                opts.repeat)
+    print_table(f"{where}; {opts.body_size}-byte bodies, {opts.duration:g} s per mode",
+                list(report["modes"].items()), opts.repeat)
     for note in report.get("server_notes", []):
         print(f"  server: {note}")
     if opts.json:
