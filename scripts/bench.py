@@ -731,7 +731,8 @@ def bench_latency(target: Target, opts: argparse.Namespace, topic: str) -> dict[
     return result
 
 
-def run_mode(mode: str, target: Target, opts: argparse.Namespace, tag: str) -> dict[str, Any]:
+def run_mode(mode: str, target: Target, opts: argparse.Namespace, tag: str,
+             delete: bool = False) -> dict[str, Any]:
     """One mode on its own topic; the server's RSS is read before the topic is deleted."""
     topic = f"bench-{tag}-{mode}"[:64]
     try:
@@ -743,7 +744,7 @@ def run_mode(mode: str, target: Target, opts: argparse.Namespace, tag: str) -> d
             result = bench_producers(mode, target, opts, topic)
         result["rss_kb"] = target.rss_kb()
     finally:
-        if not opts.keep_topics and (opts.one_server or not opts.start_gnsqd):
+        if delete:
             delete_topic(target.http, topic)
     return result
 
@@ -792,7 +793,9 @@ def run_once(mode: str, opts: argparse.Namespace, rep: int, shared: Target | Non
         with server_for(opts, shared) as target:
             if mode.startswith("http") and target.http is None:
                 raise BenchError("unavailable: no HTTP listener")
-            result = run_mode(mode, target, opts, tag)
+            # Servers bench.py stops itself need no cleaning up.
+            delete = not opts.keep_topics and (shared is not None or not opts.start_gnsqd)
+            result = run_mode(mode, target, opts, tag, delete)
         result["status"] = "ok"
     except (BenchError, OSError, threading.BrokenBarrierError) as err:
         result = {"status": str(err) or type(err).__name__}
