@@ -411,7 +411,9 @@ class Crew:
     def _main(self, func: Callable[..., dict[str, Any]], args: tuple[Any, ...]) -> None:
         passed = iter(self.barriers)
         try:
+            cpu = time.process_time()
             out = func(*args, lambda: next(passed).wait(600))
+            out["cpu"] = time.process_time() - cpu
             out["latency"] = out["latency"].tobytes()
         except BaseException as err:
             self.abort()
@@ -468,6 +470,8 @@ def combine(outs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "msgs": msgs,
         "seconds": seconds,
         "msg_per_s": msgs / seconds if seconds > 0 else 0.0,
+        # CPU the generator's workers used, in cores: how close it is to being the bottleneck
+        "gen_cores": sum(out["cpu"] for out in outs) / seconds if seconds > 0 else 0.0,
         **latency_figures(latencies),
     }
 
@@ -926,7 +930,9 @@ def self_test_once(mode: str, opts: argparse.Namespace) -> dict[str, Any]:
 
 # -- report --------------------------------------------------------------------------------------
 
-FIGURES = ("msg_per_s", "p50_ms", "p99_ms", "p999_ms", "rss_kb", "rss_per_queued_msg_b")
+FIGURES = (
+    "msg_per_s", "gen_cores", "p50_ms", "p99_ms", "p999_ms", "rss_kb", "rss_per_queued_msg_b",
+)
 
 
 def summarize(runs: list[dict[str, Any]], body_size: int) -> dict[str, Any]:
@@ -959,7 +965,7 @@ def print_table(title: str, rows: list[tuple[str, dict[str, Any]]], repeat: int)
     """The figures, then notes: statuses, server notes (once if every row has them)."""
     spread = f"spread/{repeat}" if repeat > 1 else ""
     head = (f"{'mode':<16}{'msg/s':>11}{spread:>10}{'MB/s':>8}{'p50 ms':>9}{'p99 ms':>9}"
-            f"{'p99.9 ms':>10}{'RSS MB':>8}{'RSS B/msg':>10}")
+            f"{'p99.9 ms':>10}{'RSS MB':>8}{'RSS B/msg':>10}{'gen cores':>10}")
     print(f"\n{title}\n{head}\n{'-' * len(head)}")
     notes: dict[str, set[str]] = {}
     for name, s in rows:
@@ -976,7 +982,7 @@ def print_table(title: str, rows: list[tuple[str, dict[str, Any]]], repeat: int)
             f"{fmt(s['mb_per_s'], '.1f'):>8}{fmt(s.get('p50_ms'), '.2f'):>9}"
             f"{fmt(s.get('p99_ms'), '.2f'):>9}{fmt(s.get('p999_ms'), '.2f'):>10}"
             f"{fmt(rss / 1024 if rss else None, '.0f'):>8}"
-            f"{fmt(s.get('rss_per_queued_msg_b'), '.0f'):>10}"
+            f"{fmt(s.get('rss_per_queued_msg_b'), '.0f'):>10}{fmt(s.get('gen_cores'), '.2f'):>10}"
         )
         last = s["runs"][-1]
         if "published" in last:
@@ -1014,7 +1020,8 @@ crash-safe):
 With --start-gnsqd each mode (and each --repeat) gets a fresh gnsqd unless --one-server, so RSS
 figures start from an empty server. Publishing modes leave their messages queued in a topic
 without channels, so 'RSS B/msg' = RSS growth / messages published. msg/s is messages
-acknowledged (or consumed) / the longest worker's time; MB/s counts message bodies only.
+acknowledged (or consumed) / the longest worker's time; MB/s counts message bodies only;
+'gen cores' = CPU seconds the generator's workers used / wall time (2 would saturate 2 cores).
 --self-test runs pub, mpub, http-pub, http-mpub and consume against an in-script sink
 (another process that answers OK per request by byte count, or streams message frames) to show
 the rate the generator itself can drive on this machine.
