@@ -519,3 +519,55 @@ def test_mem_queue_overflow_loses_nothing_answered_ok(start_nsqd, connect, with_
         received.append(frame[1][26:])
         consumer.command(b"FIN " + frame[1][10:26])
     assert sorted(received) == sorted(accepted)
+
+
+def test_an_idle_channel_does_not_hold_back_another(server, connect):
+    port = server.server.tcp_port
+    idle = subscribe(connect, port, "independent", "idle", rdy=0)
+    busy = subscribe(connect, port, "independent", "busy", rdy=100)
+    mpublish(connect(port), "independent", [f"i{i}".encode() for i in range(50)])
+    msgs = read_messages(busy, 50)
+    assert [m.body for m in msgs] == [f"i{i}".encode() for i in range(50)]
+    assert_silent(idle, 0.2)
+    assert channel_state(server, "independent", "idle")["depth"] == 50
+
+
+def test_touch_cannot_extend_beyond_max_msg_timeout(start_nsqd, connect):
+    server = start_nsqd(http_address="", max_msg_timeout=1.5)
+    port = server.server.tcp_port
+    consumer = subscribe(connect, port, "capped", "c", rdy=1, msg_timeout=1000)
+    publish(connect(port), "capped", b"long job")
+    msg = read_message(consumer)
+    delivered = time.monotonic()
+    for at in (0.5, 1.0):
+        time.sleep(max(0.0, delivered + at - time.monotonic()))
+        consumer.command(b"TOUCH " + msg.id)
+    again = read_message(consumer, 3)
+    elapsed = time.monotonic() - delivered
+    assert (again.id, again.attempts) == (msg.id, 2)
+    # The last TOUCH asked for 2.0 s; nsqd caps the deadline at delivery + max-msg-timeout.
+    assert 1.4 <= elapsed < 1.9
+
+
+def test_req_timeout_above_max_req_timeout_is_clamped(start_nsqd, connect):
+    server = start_nsqd(http_address="", max_req_timeout=0.5)
+    port = server.server.tcp_port
+    consumer = subscribe(connect, port, "clamped", "c", rdy=1)
+    publish(connect(port), "clamped", b"x")
+    msg = read_message(consumer)
+    sent = time.monotonic()
+    consumer.command(b"REQ " + msg.id + b" 3600000")
+    again = read_message(consumer, 3)
+    assert again.id == msg.id and again.attempts == 2
+    assert 0.5 <= time.monotonic() - sent < 1.5
+
+
+def test_largest_message_round_trip(server, connect):
+    port = server.server.tcp_port
+    consumer = subscribe(connect, port, "large", "c", rdy=2)
+    body = bytes(range(256)) * 4096  # exactly --max-msg-size (1 MiB)
+    producer = connect(port)
+    publish(producer, "large", body)
+    mpublish(producer, "large", [body[:-1] + b"!"])
+    assert read_message(consumer).body == body
+    assert read_message(consumer).body == body[:-1] + b"!"
