@@ -110,25 +110,36 @@ class Channel:
             return None
         return max(0, self._mem_capacity - len(self.memory)) + len(self._ready)
 
-    def put(self, msg: Message) -> None:
-        """Accept a message from the topic (a DPUB one goes to the deferred set).
+    def put_many(self, msgs: list[Message]) -> None:
+        """Accept a batch from the topic; DPUB messages go to the deferred set.
 
-        In crash-safe mode it goes to the disk queue first and out to consumers from there
-        (see pump()), so a crash cannot lose it.
+        Ready consumers and the memory queue take what they can, in order; the rest goes to
+        the disk queue in one write. In crash-safe mode the whole batch goes to disk first
+        and out to consumers from there, so a crash cannot lose it.
         """
-        self.message_count += 1
+        self.message_count += len(msgs)
         if self.durable:
-            self.backend.put(msg.encode())
+            self.backend.put_many([msg.encode() for msg in msgs])
+            due = time.monotonic()
+            for msg in msgs:
+                if msg.defer > 0:
+                    self._defer_due[msg.id] = due + msg.defer
+            self._pump()
+            return
+        spill: list[Message] = []
+        for msg in msgs:
             if msg.defer > 0:
-                self._defer_due[msg.id] = time.monotonic() + msg.defer
-        elif msg.defer > 0:
-            self._defer(msg, msg.defer)
-        else:
-            self._enqueue(msg)
-
-    def pump(self) -> None:
-        """Crash-safe mode: hand what put() wrote to ready consumers."""
-        self._pump()
+                self._defer(msg, msg.defer)
+            elif spill or not (
+                (self._ready and not self.paused) or len(self.memory) < self._mem_capacity
+            ):
+                spill.append(msg)  # once spilling, the rest follows to keep the order
+            else:
+                self._enqueue(msg)
+        if spill:
+            if self.backend is None:
+                raise QueueFull(f"channel {self.topic_name}:{self.name} memory queue is full")
+            self.backend.put_many([msg.encode() for msg in spill])
 
     def _enqueue(self, msg: Message) -> None:
         if self._ready and not self.paused:
@@ -151,7 +162,7 @@ class Channel:
         if self.durable:
             return self.memory.popleft() if self.memory else self._take_pending()
         backend = self.backend
-        if backend is not None and backend.depth() and (self._disk_turn or not self.memory):
+        if backend is not None and (self._disk_turn or not self.memory) and backend.readable():
             self._disk_turn = False
             data = backend.get()
             if data is not None:
@@ -210,6 +221,10 @@ class Channel:
         while ready and not self.paused:
             msg = self._take()
             if msg is None:
+                return
+            if not ready or self.paused:
+                # reading the disk queue can yield (fsync): the consumers may be gone by now
+                self.memory.appendleft(msg)
                 return
             self._deliver(next(iter(ready.values())), msg)
 

@@ -26,7 +26,7 @@ from gnsq_server.httpapi import (
     route,
 )
 from gnsq_server.nsqd import stats
-from gnsq_server.nsqd.topic import PublishError
+from gnsq_server.nsqd.topic import PublishError, TopicExiting
 from gnsq_server.wire import is_valid_name
 
 logger = logging.getLogger(__name__)
@@ -284,11 +284,14 @@ def _parse_defer(raw: str, max_req_timeout: float) -> int:
 
 
 def _publish(topic: Any, bodies: list[bytes], defer: float = 0.0) -> None:
-    # nsqd answers 503 EXITING for any PutMessage(s) failure, disk write errors included.
+    """A topic being deleted or a stopping daemon is 503 EXITING, as in nsqd; a failed disk
+    write is 500, so that a full disk does not read as a shutdown."""
     try:
         topic.publish(bodies, defer)
-    except PublishError:
+    except TopicExiting:
         raise HTTPError(503, "EXITING") from None
+    except PublishError as err:
+        raise HTTPError(500, "INTERNAL_ERROR") from err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,13 +55,22 @@ _INT64_RANGE = range(-(1 << 63), 1 << 63)
 _INT32_RANGE = range(-(1 << 31), 1 << 31)
 
 
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 def decode_identify(body: bytes) -> dict:
     """Decode an IDENTIFY body as Go's encoding/json would into nsqd's struct.
 
-    Keys match case-insensitively, unknown keys are ignored, null leaves the default, and a
-    value of the wrong JSON type is an error.
+    Keys match case-insensitively, unknown keys are ignored, null leaves the default, invalid
+    UTF-8 becomes U+FFFD, and a value of the wrong JSON type is an error.
     """
-    data = json.loads(body)
+    try:
+        data = json.loads(body.decode("utf-8", "replace"), parse_constant=_reject_constant)
+    except RecursionError as err:  # nested deeper than Python's parser goes
+        raise ValueError("IDENTIFY body nested too deeply") from err
+    if data is None:
+        return {}  # Go: unmarshalling null into a struct changes nothing
     if not isinstance(data, dict):
         raise ValueError("IDENTIFY body is not an object")
     fields: dict = {}
@@ -106,11 +115,10 @@ class ProtocolV2:
     def run(self) -> None:
         """The command loop; returns when the client leaves or after a fatal error."""
         readline, handlers, client = self.reader.readline, self._handlers, self.client
-        limit = MAX_LINE_LENGTH + 1
         while True:
-            line = readline(limit)
-            if len(line) > MAX_LINE_LENGTH or not line.endswith(b"\n"):
-                return  # EOF, or a line longer than nsqd's read buffer: close silently
+            line = readline(MAX_LINE_LENGTH)
+            if not line.endswith(b"\n"):
+                return  # EOF, or a full 16 KiB read buffer without a newline: close silently
             params = split_command(line)
             handler = handlers.get(params[0])
             try:
@@ -377,7 +385,8 @@ class ProtocolV2:
             raise FatalClientError(
                 "E_INVALID", f"REQ could not parse timeout {decode_name(params[2])}"
             ) from None
-        delay = min(timeout_ms / 1000, self.opts.max_req_timeout)  # clamped since nsqd 1.1
+        # clamped since nsqd 1.1 (compared as integers: the digits may be any number of them)
+        delay = min(timeout_ms, int(self.opts.max_req_timeout * 1000)) / 1000
         try:
             client.channel.requeue(client, msg_id, delay)
         except ChannelError as err:
@@ -452,9 +461,7 @@ class ProtocolV2:
         if size <= 0:
             raise FatalClientError("E_BAD_BODY", f"MPUB invalid body size {size}")
         if size > opts.max_body_size:
-            raise FatalClientError(
-                "E_BAD_BODY", f"MPUB body too big {size} > {opts.max_body_size}"
-            )
+            raise FatalClientError("E_BAD_BODY", f"MPUB body too big {size} > {opts.max_body_size}")
         data = self._read_exact(4)
         if data is None:
             raise FatalClientError("E_BAD_BODY", "MPUB failed to read message count")

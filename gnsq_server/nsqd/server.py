@@ -11,8 +11,10 @@ from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 from gevent.server import StreamServer
 
-from .. import logs, version_line
+from .. import version_line
 from ..config import split_host_port
+from ..httpapi import make_server
+from .lookup_peer import Lookup
 from .nsqd import NSQD
 from .tcp import TCPHandler
 
@@ -47,8 +49,10 @@ class NSQDServer:
     def __init__(self, opts) -> None:
         self.opts = opts
         self.nsqd = NSQD(opts)
+        self.lookup = Lookup(self.nsqd)
         self._tcp_server: StreamServer | None = None
         self._http_server: WSGIServer | None = None
+        self._stopping = False
         self._stopped = Event()
 
     @property
@@ -77,9 +81,10 @@ class NSQDServer:
         if http_sock is not None:
             from .http import create_app
 
-            self._http_server = WSGIServer(http_sock, create_app(self.nsqd), **logs.wsgi_logs())
+            self._http_server = make_server(create_app(self.nsqd), http_sock)
             self._http_server.start()
             log.info("HTTP: listening on %s", listening_address(http_sock))
+        self.lookup.start()  # after open(): topics loaded from nsqd.dat need no pre-creation
 
     def _bind(self, kind: str, address: str) -> socket.socket:
         try:
@@ -88,10 +93,13 @@ class NSQDServer:
             raise OSError(err.errno, f"{kind}: listen ({address}) failed - {err.strerror}") from err
 
     def stop(self) -> None:
-        if self._stopped.is_set():
+        """Stop accepting, close clients, persist everything; wait() returns after that."""
+        if self._stopping:
+            self._stopped.wait()
             return
-        self._stopped.set()
+        self._stopping = True
         log.info("NSQ: closing")
+        self.lookup.stop()
         if self._tcp_server is not None:
             self._tcp_server.close()
         for client in list(self.nsqd.clients.values()):
@@ -99,8 +107,11 @@ class NSQDServer:
         if self._http_server is not None:
             self._http_server.close()
         gevent.sleep(0)  # let the closed clients' greenlets run their cleanup
-        self.nsqd.stop()
-        log.info("NSQ: bye")
+        try:
+            self.nsqd.stop()
+        finally:
+            log.info("NSQ: bye")
+            self._stopped.set()
 
     def wait(self) -> None:
         self._stopped.wait()
@@ -111,12 +122,15 @@ def run(opts) -> int:
     # A file-size limit must fail the write (EFBIG, reported to the publisher), not kill us.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     server = NSQDServer(opts)
+    stop_requested = Event()
+    # Handlers first: a signal that arrives while starting still stops cleanly.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stop_requested.set)
     try:
         server.start()
     except OSError as err:
         log.critical("%s", err.strerror or err)
         return 1
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, lambda: gevent.spawn(server.stop))
-    server.wait()
+    stop_requested.wait()
+    server.stop()
     return 0

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from gnsq_server import NSQ_VERSION
+from gnsq_server.config import format_duration_ns
 
 #: Stats a caller asks for per topic or channel: ``{"count": N, "percentiles": [...] | None}``.
 #: The e2e-latency feature plugs in here; until then every object reports the empty result.
@@ -297,34 +298,6 @@ _MEMORY_KEYS = (
 )
 
 
-def go_duration(ns: int) -> str:
-    """Format nanoseconds as Go's time.Duration.String() (``360.297373ms``, ``1h2m3.5s``)."""
-    if ns == 0:
-        return "0s"
-    sign = "-" if ns < 0 else ""
-    u = abs(ns)
-    if u < 1_000:
-        return f"{sign}{u}ns"
-    if u < 1_000_000:
-        return f"{sign}{_frac(u, 3)}µs"
-    if u < 1_000_000_000:
-        return f"{sign}{_frac(u, 6)}ms"
-    seconds, rest = divmod(u, 1_000_000_000)
-    text = _frac(seconds % 60 * 1_000_000_000 + rest, 9) + "s"
-    minutes = seconds // 60
-    if minutes:
-        text = f"{minutes % 60}m{text}"
-        if minutes // 60:
-            text = f"{minutes // 60}h{text}"
-    return sign + text
-
-
-def _frac(value: int, digits: int) -> str:
-    whole, fraction = divmod(value, 10**digits)
-    fraction_text = f"{fraction:0{digits}d}".rstrip("0")
-    return f"{whole}.{fraction_text}" if fraction_text else str(whole)
-
-
 def _human_ns(value: float) -> str:
     """nsqd's NanoSecondToHuman, used for the e2e% column."""
     if value > 1e9:
@@ -348,7 +321,7 @@ def rfc3339(unix_seconds: float) -> str:
 
 
 def _client_line(client: Mapping[str, Any], now: float) -> str:
-    connected = go_duration(int(now - client["connect_ts"]) * 1_000_000_000)
+    connected = format_duration_ns(int(now - client["connect_ts"]) * 1_000_000_000)
     port = client["remote_address"].rpartition(":")[2]
     ident = f"{client['hostname']}:{port} {client['user_agent']}"
     pub_counts = client.get("pub_counts")
@@ -377,7 +350,7 @@ def render_text(
     out = [
         f"nsqd v{NSQ_VERSION} (built w/python{sys.version.split()[0]})\n",
         f"start_time {rfc3339(doc['start_time'])}\n",
-        f"uptime {go_duration(uptime_ns)}\n",
+        f"uptime {format_duration_ns(uptime_ns)}\n",
         f"\nHealth: {doc['health']}\n",
     ]
     memory = doc.get("memory")

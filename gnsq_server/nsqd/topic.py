@@ -43,6 +43,9 @@ class DiscardBackend:
     def depth(self) -> int:
         return 0
 
+    def readable(self) -> bool:
+        return False
+
     def empty(self) -> None:
         pass
 
@@ -83,6 +86,10 @@ class Topic:
     def backend_depth(self) -> int:
         return self.backend.depth() if self.backend is not None else 0
 
+    def has_backlog(self) -> bool:
+        """Messages wait in the topic (by disk position, not the possibly stale depth)."""
+        return bool(self.memory) or (self.backend is not None and self.backend.readable())
+
     # -- publishing ---------------------------------------------------------------------
 
     def publish(self, bodies: list[bytes], defer: float = 0.0) -> None:
@@ -94,7 +101,7 @@ class Topic:
         if defer > 0:
             for msg in msgs:
                 msg.defer = defer
-        holding = self._holding() or self.depth() > 0
+        holding = self._holding() or self.has_backlog()
         self._check_room(len(msgs), holding)
         try:
             if holding:
@@ -134,15 +141,11 @@ class Topic:
             self.backend.put_many([msg.encode() for msg in msgs])
 
     def _fan_out(self, msgs: list[Message]) -> None:
+        """Every channel gets its own copy of the batch (the first one the originals)."""
         channels = list(self.channels.values())
-        first, rest = channels[0], channels[1:]
-        for msg in msgs:
-            for channel in rest:
-                channel.put(msg.copy())
-            first.put(msg)
-        for channel in channels:
-            if channel.durable:
-                channel.pump()
+        for channel in channels[1:]:
+            channel.put_many([msg.copy() for msg in msgs])
+        channels[0].put_many(msgs)
 
     def _queues_written(self, holding: bool) -> list:
         """The disk queues a crash-safe publish wrote to, which must be fsynced before OK."""
@@ -160,7 +163,7 @@ class Topic:
             msg = Message.decode(got[0])
             msg.token = got[1]
             return msg
-        if self.backend is not None and self.backend.depth():
+        if self.backend is not None and self.backend.readable():
             data = self.backend.get()
             if data is not None:
                 return Message.decode(data)
@@ -179,7 +182,7 @@ class Topic:
         self._start_draining()
 
     def _start_draining(self) -> None:
-        if self._drainer is None and not self._holding() and self.depth():
+        if self._drainer is None and not self._holding() and self.has_backlog():
             self._drainer = gevent.spawn(self._drain)
 
     def _drain(self) -> None:

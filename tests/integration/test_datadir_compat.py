@@ -25,7 +25,6 @@ import pytest
 
 from .test_durability import (
     HAS_HTTP,
-    SIGTERM_LOSES_DATA,
     Msg,
     assert_silent,
     channel_stats,
@@ -164,15 +163,6 @@ def test_gnsqd_drains_every_queue_nsqd_wrote(run_gnsqd, nsqd_datadir, manifest):
                 assert channel["depth"] == 0, (topic["topic_name"], channel["channel_name"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gnsqd bug: Channel._pump calls self._take(), whose DiskQueue.get() can yield (fsync "
-        "in the threadpool when it starts a new segment); meanwhile the topic's drain greenlet "
-        "delivers to the only ready consumer, and _pump's next(iter(ready.values())) raises "
-        "StopIteration out of FIN: the connection is dropped and the message taken is lost"
-    ),
-)
 def test_gnsqd_gives_nsqd_topic_backlog_to_first_channel(run_gnsqd, nsqd_datadir, manifest):
     server = run_gnsqd(nsqd_datadir, *DATADIR_FLAGS)
     gamma = subscribe(server.tcp_port, "gamma", "first", rdy=1)
@@ -182,14 +172,6 @@ def test_gnsqd_gives_nsqd_topic_backlog_to_first_channel(run_gnsqd, nsqd_datadir
         assert topic["depth"] == 0 and topic["channels"][0]["depth"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gnsqd bug: Topic._take and Channel._take read the disk queue only while "
-        "backend.depth() > 0, while go-diskqueue reads whenever readFileNum < writeFileNum or "
-        "readPos < writePos; records beyond a stale metadata depth are stranded (never read)"
-    ),
-)
 def test_gnsqd_salvages_records_after_unsynced_nsqd_metadata(run_gnsqd, nsqd_datadir, manifest):
     """nsqd crashed after gamma rolled to segment 1 and wrote 48 records there, before it
     synced the metadata again: the meta file still says depth 102, write position (1, 0).
@@ -275,7 +257,6 @@ def check_id(msg_id: bytes, timestamp_ns: int) -> None:
     assert abs(((value >> 22) + TWEPOCH_MS) - (timestamp_ns >> 20)) <= 1000  # same second
 
 
-@pytest.mark.xfail(strict=True, reason=SIGTERM_LOSES_DATA)
 def test_files_gnsqd_writes_are_what_nsqd_reads(run_gnsqd, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

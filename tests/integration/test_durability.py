@@ -35,14 +35,6 @@ FRAME_RESPONSE, FRAME_ERROR, FRAME_MESSAGE = 0, 1, 2
 _MESSAGE = struct.Struct(">qH16s")
 
 
-SIGTERM_LOSES_DATA = (
-    "gnsqd bug: server.run() returns as soon as NSQDServer.stop() sets _stopped, which it does "
-    "first; stop() then yields (gevent.sleep(0)) and the process exits 0 before NSQD.stop() "
-    "flushes memory/in-flight/deferred messages, the disk-queue write buffers and metadata, "
-    "and nsqd.dat ('NSQ: bye' is never logged)"
-)
-
-
 class Msg(NamedTuple):
     timestamp: int
     attempts: int
@@ -313,7 +305,6 @@ def bodies(prefix: str, count: int) -> list[bytes]:
 # -- shutdown and restart ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=SIGTERM_LOSES_DATA)
 def test_20000_messages_with_some_in_flight_survive_sigterm(run_gnsqd, tmp_path):
     data = tmp_path / "data"
     server = run_gnsqd(data, "--mem-queue-size=100")
@@ -353,7 +344,6 @@ def test_20000_messages_with_some_in_flight_survive_sigterm(run_gnsqd, tmp_path)
     assert meta.startswith("0\n"), meta
 
 
-@pytest.mark.xfail(strict=True, reason=SIGTERM_LOSES_DATA)
 def test_topic_without_channel_keeps_its_messages(run_gnsqd, tmp_path):
     data = tmp_path / "data"
     server = run_gnsqd(data, "--mem-queue-size=10")
@@ -374,7 +364,6 @@ def test_topic_without_channel_keeps_its_messages(run_gnsqd, tmp_path):
     assert {msg.attempts for msg in got} == {1}
 
 
-@pytest.mark.xfail(strict=True, reason=SIGTERM_LOSES_DATA)
 def test_paused_topic_and_channel_flags_survive_restart(run_gnsqd, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -442,7 +431,6 @@ def test_paused_topic_and_channel_flags_survive_restart(run_gnsqd, tmp_path):
 # -- deferred messages ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=SIGTERM_LOSES_DATA)
 def test_deferred_messages_stay_deferred_across_restarts(run_gnsqd, tmp_path):
     data = tmp_path / "data"
     server = run_gnsqd(data)
@@ -467,7 +455,6 @@ def test_deferred_messages_stay_deferred_across_restarts(run_gnsqd, tmp_path):
     assert (data / "later:ch.gnsq-deferred.dat").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=SIGTERM_LOSES_DATA)
 def test_deferred_message_keeps_its_due_time_across_restart(run_gnsqd, tmp_path):
     """DPUB 3 s, stop 1 s later: gnsqd saves the due time, so the message arrives 3 s after
     the DPUB, about 2 s after the restart (nsqd would deliver it at once; a restarted delay
@@ -540,7 +527,7 @@ def _records(path: Path) -> list[tuple[int, bytes]]:
 def test_corrupt_segment_is_renamed_bad_and_later_segments_still_delivered(run_gnsqd, tmp_path):
     data = tmp_path / "data"
     # a short --sync-timeout puts everything on disk before the stop, so this test does not
-    # depend on what a SIGTERM writes (see SIGTERM_LOSES_DATA)
+    # depend on what a SIGTERM writes
     flags = ("--mem-queue-size=0", "--max-bytes-per-file=4096", "--sync-timeout=100ms")
     server = run_gnsqd(data, *flags)
     subscribe(server.tcp_port, "dmg", "ch").close()
@@ -715,7 +702,6 @@ def test_full_disk_fails_publishes_then_recovers(run_gnsqd, full_disk):
     assert "No space left on device" in log or "File too large" in log, log[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason=SIGTERM_LOSES_DATA)
 def test_sigint_is_a_clean_stop_too(run_gnsqd, tmp_path):
     data = tmp_path / "data"
     server = run_gnsqd(data, "--mem-queue-size=1000")
@@ -730,16 +716,6 @@ def test_sigint_is_a_clean_stop_too(run_gnsqd, tmp_path):
     assert not [name for name in os.listdir(data) if name.endswith(".tmp")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gnsqd bug: Topic.publish promises a batch 'all or nothing', but Channel.put writes "
-        "each message with its own DiskQueue.put; when the 64 KiB write buffer fails to flush "
-        "only the current record is dropped, so the earlier records of a MPUB that got "
-        "E_MPUB_FAILED stay buffered and are delivered once space is back (a client retry "
-        "then duplicates them)"
-    ),
-)
 def test_failed_mpub_leaves_none_of_its_messages(run_gnsqd, tmp_path):
     disk = FullDisk("tmpfs", tmp_path / "disk")
     try:

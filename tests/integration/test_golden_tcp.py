@@ -11,13 +11,13 @@ import json
 import socket
 import struct
 import time
-from pathlib import Path
 
 import pytest
 
+from ..captures import CAPTURES
 from ..servers import ThreadedServer
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "nsqd-1.3.0"
+FIXTURES = CAPTURES
 CASES = json.loads((FIXTURES / "tcp-transcripts.json").read_text())
 
 NOT_YET = {

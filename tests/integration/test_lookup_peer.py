@@ -9,7 +9,6 @@ import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -17,15 +16,9 @@ import pytest
 from gnsq_server.nsqd import lookup_peer
 from gnsq_server.nsqd.lookup_peer import Lookup
 
-FIXTURE = (
-    Path(__file__).resolve().parents[2].parent
-    / "shared"
-    / "fixtures"
-    / "nsqd-1.3.0"
-    / "nsqd-to-lookupd.json"
-)
+from ..captures import CAPTURES
 
-pytestmark = pytest.mark.skipif(not FIXTURE.exists(), reason="nsqd 1.3.0 fixtures not present")
+FIXTURE = CAPTURES / "nsqd-to-lookupd.json"
 
 
 def fixture_events() -> dict[str, dict]:

@@ -13,7 +13,6 @@ import json
 import socket
 import struct
 import time
-from pathlib import Path
 
 import pytest
 
@@ -23,7 +22,9 @@ from gnsq_server.lookupd.registry import GO_ZERO_TIME_UNIX_NANO
 from gnsq_server.lookupd.server import LookupdServer
 from tests.servers import ThreadedServer
 
-FIXTURES = Path("/work/shared/fixtures/nsqd-1.3.0")
+from ..captures import CAPTURES
+
+FIXTURES = CAPTURES
 TCP_CASES = json.loads((FIXTURES / "lookupd-tcp-transcripts.json").read_text())
 HTTP_CASES = [
     case

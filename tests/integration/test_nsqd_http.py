@@ -11,7 +11,6 @@ import socket
 import struct
 import subprocess
 import time
-from pathlib import Path
 
 import gnsq
 import pytest
@@ -19,10 +18,11 @@ import requests
 
 from gnsq_server.nsqd.server import NSQDServer
 
+from ..captures import CAPTURES
 from ..conftest import nsqd_options
 from ..servers import ThreadedServer
 
-FIXTURES = Path("/work/shared/fixtures/nsqd-1.3.0/http-transcripts.json")
+FIXTURES = CAPTURES / "http-transcripts.json"
 CASES = [c for c in json.loads(FIXTURES.read_text()) if c["server"].startswith("nsqd")]
 
 JSON = "application/json; charset=utf-8"

@@ -115,11 +115,6 @@ def test_signal_exits_zero_promptly_with_busy_clients(tmp_path, connect, signum)
     assert "Traceback" not in proc.log_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: on SIGTERM, run() returns (exit 0) as soon as NSQDServer.stop() sets "
-    "_stopped, before NSQD.stop() writes memory, in-flight and deferred messages to disk",
-)
 def test_sigterm_keeps_queued_and_in_flight_messages(tmp_path, connect):
     first = gnsqd(tmp_path).start(expect=("TCP",))
     try:

@@ -20,8 +20,10 @@ import pytest
 
 from gnsq_server.nsqd.diskqueue import DiskQueue, message_size_bounds
 
+from ..captures import CAPTURES
+
 REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path("/work/shared/fixtures/nsqd-1.3.0")
+FIXTURES = CAPTURES
 MANIFEST = FIXTURES / "datadir-manifest.json"
 MIN_SIZE, MAX_SIZE = message_size_bounds(1048576)
 LOGGER = "gnsq_server.nsqd.diskqueue"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -27,13 +26,9 @@ from gnsq_server.nsqd.lookup_peer import (
     unregister_command,
 )
 
-FIXTURE = (
-    Path(__file__).resolve().parents[2].parent
-    / "shared"
-    / "fixtures"
-    / "nsqd-1.3.0"
-    / "nsqd-to-lookupd.json"
-)
+from ..captures import CAPTURES
+
+FIXTURE = CAPTURES / "nsqd-to-lookupd.json"
 FIXTURE_IDENTITY = {
     "version": "1.3.0",
     "tcp_port": 4150,
@@ -58,9 +53,6 @@ def lookupd_replies() -> list[bytes]:
     return [
         bytes.fromhex(x["hex"]) for x in fixture_exchanges() if x["direction"] == "lookupd->nsqd"
     ]
-
-
-pytestmark = pytest.mark.skipif(not FIXTURE.exists(), reason="nsqd 1.3.0 fixtures not present")
 
 
 def reader(data: bytes):

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from gnsq_server.config import format_duration_ns
 from gnsq_server.httpapi import go_json
 from gnsq_server.nsqd import stats
 
-FIXTURES = Path("/work/shared/fixtures/nsqd-1.3.0/http-transcripts.json")
+from ..captures import CAPTURES
+
+FIXTURES = CAPTURES / "http-transcripts.json"
 CAPTURED = {c["name"]: c for c in json.loads(FIXTURES.read_text()) if c["server"] == "nsqd"}
 
 TLS_OFF = {
@@ -258,7 +260,7 @@ def test_e2e_source_seam(nsqd):
     ],
 )
 def test_go_duration(ns, expected):
-    assert stats.go_duration(ns) == expected
+    assert format_duration_ns(ns) == expected
 
 
 def test_rfc3339_utc(monkeypatch):
