@@ -1,41 +1,46 @@
-"""Option tables for nsqd and nsqlookupd, shared by flags, ``.ini`` files and nsqd's TOML files.
+"""Option parsing and validation for flags, ``.ini`` files and nsqd's TOML files.
 
-Core module: it parses and validates, and never opens a socket, so a bad option is reported
-before any port is bound. Values follow nsqd 1.3.0: Go duration syntax, Go's flag forms, the same
-defaults, the same checks (plus a few range checks where Go would panic or silently misbehave).
+The tables live in ``options`` (their names are re-exported here). Core module: it parses and
+validates, and never opens a socket, so a bad option is reported before any port is bound.
+Values follow nsqd 1.3.0: Go duration syntax, Go's flag forms, the same defaults, the same checks
+(plus range, address and conflict checks where Go would panic or silently misbehave).
 """
 
 from __future__ import annotations
 
 import configparser
-import hashlib
 import re
-import socket
-import zlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-NSQD = "nsqd"
-NSQLOOKUPD = "nsqlookupd"
-
-# Option kinds.
-INT = "int"
-BOOL = "bool"
-STR = "str"
-DURATION = "duration"
-STRS = "strs"  # list of str, repeatable flag
-FLOATS = "floats"  # list of float, repeatable flag, each occurrence may be comma separated
-LOG_LEVEL = "log_level"
-TLS_REQUIRED = "tls_required"
-TLS_MIN_VERSION = "tls_min_version"
-IGNORED = "ignored"  # deprecated flag: accepted with any value, has no effect
-
-TLS_NOT_REQUIRED = 0
-TLS_REQUIRED_EXCEPT_HTTP = 1
-TLS_REQUIRED_ALWAYS = 2
-TLS_VERSIONS = {"tls1.0": 0x0301, "tls1.1": 0x0302, "tls1.2": 0x0303, "tls1.3": 0x0304}
-LOG_LEVELS = {"debug": 1, "info": 2, "warn": 3, "error": 4, "fatal": 5}
+from .options import (  # noqa: F401  (re-exported: config is the public entry point)
+    BOOL,
+    DURATION,
+    FLOATS,
+    IGNORED,
+    INT,
+    LOG_LEVEL,
+    LOG_LEVELS,
+    NSQADMIN,
+    NSQADMIN_OPTIONS,
+    NSQD,
+    NSQD_OPTIONS,
+    NSQLOOKUPD,
+    NSQLOOKUPD_OPTIONS,
+    STR,
+    STRS,
+    TLS_MIN_VERSION,
+    TLS_NOT_REQUIRED,
+    TLS_REQUIRED,
+    TLS_REQUIRED_ALWAYS,
+    TLS_REQUIRED_EXCEPT_HTTP,
+    TLS_VERSIONS,
+    Option,
+    default_node_id,
+    find_option,
+    hostname,
+    option_table,
+)
 
 _SECOND_NS = 1_000_000_000
 _MAX_NS = 2**63 - 1
@@ -53,250 +58,6 @@ class ConfigError(ValueError):
 
 class _Bad(Exception):
     """A value problem, before the key and source are known."""
-
-
-# --- hostname-derived defaults -------------------------------------------------------------
-
-
-def hostname() -> str:
-    """The OS hostname, as Go's os.Hostname returns it (nsqd's broadcast_address default)."""
-    return socket.gethostname()
-
-
-def default_node_id(host: str | None = None) -> int:
-    """nsqd's default --node-id: IEEE crc32 of the md5 digest of the hostname, mod 1024."""
-    digest = hashlib.md5((hostname() if host is None else host).encode()).digest()
-    return zlib.crc32(digest) % 1024
-
-
-# --- the tables ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Option:
-    """One option: its flag, cfg key (attribute name on Options), kind, default and help."""
-
-    flag: str
-    kind: str
-    default: Any  # the typed value, or a zero-argument callable for host-derived defaults
-    help: str
-    cfg: str = ""
-    minimum: float | None = None
-    maximum: float | None = None
-
-    def __post_init__(self) -> None:
-        if not self.cfg:
-            object.__setattr__(self, "cfg", self.flag.replace("-", "_"))
-
-    @property
-    def repeatable(self) -> bool:
-        return self.kind in (STRS, FLOATS)
-
-    def default_value(self) -> Any:
-        value = self.default() if callable(self.default) else self.default
-        return list(value) if isinstance(value, list) else value
-
-
-_COMMON_LOG = (
-    Option("log-level", LOG_LEVEL, "info", "set log verbosity: debug, info, warn, error, or fatal"),
-)
-
-NSQD_OPTIONS: tuple[Option, ...] = (
-    *_COMMON_LOG,
-    Option("log-prefix", STR, "[nsqd] ", "log message prefix"),
-    Option("verbose", IGNORED, None, "[deprecated] has no effect, use --log-level"),
-    Option(
-        "node-id", INT, default_node_id,
-        "unique part for message IDs, (int) in range [0,1024) (default is hash of hostname)",
-        cfg="id", minimum=0, maximum=1023,
-    ),
-    Option("worker-id", IGNORED, None, "[deprecated] use --node-id"),
-    Option("https-address", STR, "0.0.0.0:4152", "<addr>:<port> to listen on for HTTPS clients"),
-    Option(
-        "http-address", STR, "0.0.0.0:4151",
-        "<addr>:<port> (or unix socket path) to listen on for HTTP clients; empty disables HTTP",
-    ),
-    Option(
-        "tcp-address", STR, "0.0.0.0:4150",
-        "<addr>:<port> (or unix socket path) to listen on for TCP clients",
-    ),
-    Option(
-        "auth-http-address", STRS, [],
-        "<addr>:<port> or a full url to query auth server (may be given multiple times)",
-        cfg="auth_http_addresses",
-    ),
-    Option(
-        "broadcast-address", STR, hostname,
-        "address that will be registered with lookupd (defaults to the OS hostname)",
-    ),
-    Option(
-        "broadcast-tcp-port", INT, 0,
-        "TCP port that will be registered with lookupd (defaults to the TCP port nsqd listens on)",
-        minimum=0, maximum=65535,
-    ),
-    Option(
-        "broadcast-http-port", INT, 0,
-        "HTTP port that will be registered with lookupd "
-        "(defaults to the HTTP port nsqd listens on)",
-        minimum=0, maximum=65535,
-    ),
-    Option(
-        "lookupd-tcp-address", STRS, [], "lookupd TCP address (may be given multiple times)",
-        cfg="nsqlookupd_tcp_addresses",
-    ),
-    Option("http-client-connect-timeout", DURATION, 2.0, "timeout for HTTP connect"),
-    Option("http-client-request-timeout", DURATION, 5.0, "timeout for HTTP request"),
-    Option("data-path", STR, "", "path to store disk-backed messages"),
-    Option(
-        "mem-queue-size", INT, 10000,
-        "number of messages to keep in memory (per topic/channel)", minimum=0,
-    ),
-    Option(
-        "max-bytes-per-file", INT, 104857600,
-        "number of bytes per diskqueue file before rolling", minimum=1,
-    ),
-    Option("sync-every", INT, 2500, "number of messages per diskqueue fsync", minimum=1),
-    Option("sync-timeout", DURATION, 2.0, "duration of time per diskqueue fsync"),
-    Option(
-        "queue-scan-worker-pool-max", INT, 4,
-        "max concurrency for checking in-flight and deferred message timeouts", minimum=1,
-    ),
-    Option(
-        "queue-scan-selection-count", INT, 20,
-        "number of channels to check per cycle (every 100ms) for in-flight and deferred timeouts",
-        minimum=1,
-    ),
-    Option(
-        "msg-timeout", DURATION, 60.0, "default duration to wait before auto-requeing a message"
-    ),
-    Option(
-        "max-msg-timeout", DURATION, 900.0, "maximum duration before a message will timeout"
-    ),
-    Option(
-        "max-msg-size", INT, 1048576, "maximum size of a single message in bytes", minimum=1
-    ),
-    Option(
-        "max-req-timeout", DURATION, 3600.0, "maximum requeuing timeout for a message"
-    ),
-    Option("max-body-size", INT, 5242880, "maximum size of a single command body", minimum=1),
-    Option(
-        "max-heartbeat-interval", DURATION, 60.0,
-        "maximum client configurable duration of time between client heartbeats",
-    ),
-    Option("max-rdy-count", INT, 2500, "maximum RDY count for a client", minimum=0),
-    Option(
-        "max-output-buffer-size", INT, 65536,
-        "maximum client configurable size (in bytes) for a client output buffer", minimum=0,
-    ),
-    Option(
-        "max-output-buffer-timeout", DURATION, 30.0,
-        "maximum client configurable duration of time between flushing to a client",
-    ),
-    Option(
-        "min-output-buffer-timeout", DURATION, 0.025,
-        "minimum client configurable duration of time between flushing to a client",
-    ),
-    Option(
-        "output-buffer-timeout", DURATION, 0.25,
-        "default duration of time between flushing data to clients",
-    ),
-    Option(
-        "max-channel-consumers", INT, 0,
-        "maximum channel consumer connection count per nsqd instance (default 0, i.e., unlimited)",
-        minimum=0,
-    ),
-    Option("statsd-address", STR, "", "UDP <addr>:<port> of a statsd daemon for pushing stats"),
-    Option("statsd-interval", DURATION, 60.0, "duration between pushing to statsd"),
-    Option("statsd-mem-stats", BOOL, True, "toggle sending memory and GC stats to statsd"),
-    Option(
-        "statsd-prefix", STR, "nsq.%s",
-        "prefix used for keys sent to statsd (%s for host replacement)",
-    ),
-    Option(
-        "statsd-udp-packet-size", INT, 508, "the size in bytes of statsd UDP packets", minimum=1
-    ),
-    Option(
-        "statsd-exclude-ephemeral", BOOL, False,
-        "skip ephemeral topics and channels when sending stats to statsd",
-    ),
-    Option(
-        "e2e-processing-latency-percentile", FLOATS, [],
-        "message processing time percentiles (as float (0, 1.0]) to track "
-        "(can be specified multiple times or comma separated '1.0,0.99,0.95', default none)",
-        cfg="e2e_processing_latency_percentiles",
-    ),
-    Option(
-        "e2e-processing-latency-window-time", DURATION, 600.0,
-        "calculate end to end latency quantiles for this duration of time "
-        "(ie: 60s would only show quantile calculations from the past 60 seconds)",
-    ),
-    Option("tls-cert", STR, "", "path to certificate file"),
-    Option("tls-key", STR, "", "path to key file"),
-    Option(
-        "tls-client-auth-policy", STR, "",
-        "client certificate auth policy ('require' or 'require-verify')",
-    ),
-    Option("tls-root-ca-file", STR, "", "path to certificate authority file"),
-    Option(
-        "tls-required", TLS_REQUIRED, TLS_NOT_REQUIRED,
-        "require TLS for client connections (true, false, tcp-https)",
-    ),
-    Option(
-        "tls-min-version", TLS_MIN_VERSION, TLS_VERSIONS["tls1.0"],
-        "minimum SSL/TLS version acceptable ('tls1.0', 'tls1.1', 'tls1.2' or 'tls1.3')",
-    ),
-    Option("deflate", BOOL, True, "enable deflate feature negotiation (client compression)"),
-    Option(
-        "max-deflate-level", INT, 6,
-        "max deflate compression level a client can negotiate (> values == > nsqd CPU usage)",
-        minimum=1, maximum=9,
-    ),
-    Option("snappy", BOOL, True, "enable snappy feature negotiation (client compression)"),
-    # gnsq-only options below this line.
-    Option(
-        "crash-safe", BOOL, False,
-        "acknowledge a publish only after it is fsynced to disk; survives kill -9",
-    ),
-)
-
-NSQLOOKUPD_OPTIONS: tuple[Option, ...] = (
-    *_COMMON_LOG,
-    Option("log-prefix", STR, "[nsqlookupd] ", "log message prefix"),
-    Option("verbose", IGNORED, None, "[deprecated] has no effect, use --log-level"),
-    Option("tcp-address", STR, "0.0.0.0:4160", "<addr>:<port> to listen on for TCP clients"),
-    Option("http-address", STR, "0.0.0.0:4161", "<addr>:<port> to listen on for HTTP clients"),
-    Option(
-        "broadcast-address", STR, hostname,
-        "address of this lookupd node, (default to the OS hostname)",
-    ),
-    Option(
-        "inactive-producer-timeout", DURATION, 300.0,
-        "duration of time a producer will remain in the active list since its last ping",
-    ),
-    Option(
-        "tombstone-lifetime", DURATION, 45.0,
-        "duration of time a producer will remain tombstoned if registration remains",
-    ),
-)
-
-_TABLES = {NSQD: NSQD_OPTIONS, NSQLOOKUPD: NSQLOOKUPD_OPTIONS}
-
-
-def option_table(daemon: str) -> tuple[Option, ...]:
-    """The option table of ``nsqd`` or ``nsqlookupd``."""
-    try:
-        return _TABLES[daemon]
-    except KeyError:
-        raise ValueError(f"unknown daemon {daemon!r} (nsqd or nsqlookupd)") from None
-
-
-def find_option(daemon: str, name: str) -> Option | None:
-    """Look an option up by flag name (``mem-queue-size``, dashes optional) or cfg key."""
-    name = name.lstrip("-")
-    for opt in option_table(daemon):
-        if name in (opt.flag, opt.cfg):
-            return opt
-    return None
 
 
 # --- durations -----------------------------------------------------------------------------
@@ -696,6 +457,14 @@ def _finish(daemon: str, values: dict[str, Any], sources: dict[str, str]) -> Opt
             raise ConfigError(
                 key, sources[key], "cannot require TLS client connections without TLS key and cert"
             )
+    if daemon == NSQADMIN:
+        if not values["nsqlookupd_http_addresses"] and not values["nsqd_http_addresses"]:
+            raise ConfigError(
+                "nsqlookupd_http_addresses", sources["nsqlookupd_http_addresses"],
+                "--lookupd-http-address or --nsqd-http-address required",
+            )
+        if values["refresh_interval"] <= 0:
+            raise ConfigError("refresh_interval", sources["refresh_interval"], "must be > 0")
     return Options(daemon, values)
 
 
