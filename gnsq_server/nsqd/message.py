@@ -91,21 +91,44 @@ class IdFactory:
         self._last_ts = -1
         self._sequence = 0
 
+    def next_ids(self, count: int) -> list[bytes]:
+        """`count` consecutive ids. A batch shares one clock reading, and since the sequence
+        is the low 12 bits (three hex digits) only those digits change within a tick."""
+        ids: list[bytes] = []
+        while len(ids) < count:
+            ts, first = self._claim(count - len(ids))
+            prefix = (b"%016x" % (((ts - _TWEPOCH) << _TIME_SHIFT) | self._node_bits))[:13]
+            ids.extend([prefix + _SEQUENCE_HEX[seq] for seq in range(first, self._sequence + 1)])
+        return ids
+
     def next_id(self) -> bytes:
+        return self.next_ids(1)[0]
+
+    def _claim(self, wanted: int) -> tuple[int, int]:
+        """Reserve up to `wanted` sequence numbers on the current tick: (tick, first)."""
         # A clock that went backwards keeps counting on the last tick rather than reuse ids.
         ts = max(time.time_ns() >> 20, self._last_ts)
         if ts == self._last_ts:
-            self._sequence = (self._sequence + 1) & _SEQUENCE_MASK
-            if self._sequence == 0:
+            first = self._sequence + 1
+            if first > _SEQUENCE_MASK:
                 # 4096 ids in one ~1 ms tick: wait for the next tick, as nsqd does.
                 while ts <= self._last_ts:
                     time.sleep(0.0002)
                     ts = time.time_ns() >> 20
+                first = 0
         else:
-            self._sequence = 0
+            first = 0
         self._last_ts = ts
-        value = ((ts - _TWEPOCH) << _TIME_SHIFT) | self._node_bits | self._sequence
-        return b"%016x" % value
+        self._sequence = min(first + wanted, _SEQUENCE_MASK + 1) - 1
+        return ts, first
 
-    def new_message(self, body: bytes) -> Message:
-        return Message(self.next_id(), body, time.time_ns())
+    def new_messages(self, bodies: list[bytes]) -> list[Message]:
+        """Messages for a publish: ids from one batch, one timestamp for the batch."""
+        now = time.time_ns()
+        return [
+            Message(msg_id, body, now)
+            for msg_id, body in zip(self.next_ids(len(bodies)), bodies, strict=True)
+        ]
+
+
+_SEQUENCE_HEX = [b"%03x" % sequence for sequence in range(_SEQUENCE_MASK + 1)]

@@ -96,8 +96,7 @@ class Topic:
         """Accept a batch all or nothing; `defer` (seconds) holds it back in every channel."""
         if self.exiting:
             raise TopicExiting("exiting")
-        new_message = self._ids.new_message
-        msgs = [new_message(body) for body in bodies]
+        msgs = self._ids.new_messages(bodies)
         if defer > 0:
             for msg in msgs:
                 msg.defer = defer
