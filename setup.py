@@ -10,6 +10,8 @@ setup(
         "gevent>=23.9",
         "flask>=2.3",
         "click>=8.1",
+        # snappy framing for the IDENTIFY upgrade (Rust `snap`; abi3 wheels, no libsnappy)
+        "cramjam>=2.8",
         # nsqd's own config files are TOML; tomllib is in the standard library from 3.11
         "tomli>=1.1; python_version < '3.11'",
     ],
@@ -22,6 +24,8 @@ setup(
             "pynsq>=0.9.1",
             "gnsq>=1.0.2",
             "ruff>=0.5",
+            # test certificates for TLS are generated in the test session
+            "cryptography>=41",
         ],
     },
     entry_points={
