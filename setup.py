@@ -10,6 +10,8 @@ setup(
         "gevent>=23.9",
         "flask>=2.3",
         "click>=8.1",
+        # /metrics: the Prometheus exposition format, written by the reference library
+        "prometheus_client>=0.16",
         # snappy framing for the IDENTIFY upgrade (Rust `snap`; abi3 wheels, no libsnappy)
         "cramjam>=2.8",
         # nsqd's own config files are TOML; tomllib is in the standard library from 3.11
@@ -24,6 +26,8 @@ setup(
             "pynsq>=0.9.1",
             "gnsq>=1.0.2",
             "ruff>=0.5",
+            # conf/supervisord.conf is tested under a real supervisord
+            "supervisor>=4.2",
             # test certificates for TLS are generated in the test session
             "cryptography>=41",
         ],

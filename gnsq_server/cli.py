@@ -5,9 +5,11 @@ from gevent import monkey
 monkey.patch_all()
 
 import importlib  # noqa: E402
+import signal  # noqa: E402
 from typing import Any  # noqa: E402
 
 import click  # noqa: E402
+import gevent  # noqa: E402
 from click.core import ParameterSource  # noqa: E402
 
 from gnsq_server import NSQ_VERSION, version_line  # noqa: E402
@@ -28,7 +30,7 @@ from gnsq_server.config import (  # noqa: E402
     normalize_go_flags,
     option_table,
 )
-from gnsq_server.logs import setup_logging  # noqa: E402
+from gnsq_server.logs import reopen_log_file, setup_logging  # noqa: E402
 
 _METAVARS = {
     INT: "INT",
@@ -88,7 +90,21 @@ def _make_command(daemon: str, prog: str, server_module: str, summary: str) -> c
         except ConfigError as exc:
             click.echo(f"{prog}: {exc}", err=True)
             ctx.exit(2)
-        setup_logging(opts.log_prefix, opts.log_level)
+        try:
+            setup_logging(
+                opts.log_prefix,
+                opts.log_level,
+                log_file=opts.log_file,
+                max_bytes=opts.log_file_max_bytes,
+                backups=opts.log_file_backups,
+            )
+        except OSError as exc:
+            problem = f"cannot open {opts.log_file!r} - {exc.strerror}"
+            click.echo(f"{prog}: log_file: {problem}", err=True)
+            ctx.exit(2)
+        if opts.log_file:
+            # logrotate's postrotate sends SIGHUP: start a new file at the configured path.
+            gevent.signal_handler(signal.SIGHUP, reopen_log_file)
         server = importlib.import_module(server_module)
         ctx.exit(int(server.run(opts) or 0))
 

@@ -436,9 +436,72 @@ def _apply(
             sources[opt.cfg] = source
 
 
+#: Listen/dial addresses checked as ``host:port`` (port 0-65535) before anything is bound.
+#: The nsqd TCP/HTTP addresses may also be unix socket paths (anything with a ``/``), and an
+#: empty value disables the HTTP(S) listener or statsd.
+_ADDRESSES: dict[str, tuple[tuple[str, bool, bool], ...]] = {  # (key, may be empty, may be path)
+    NSQD: (
+        ("tcp_address", False, True),
+        ("http_address", True, True),
+        ("https_address", True, False),
+        ("statsd_address", True, False),
+    ),
+    NSQLOOKUPD: (("tcp_address", False, False), ("http_address", False, False)),
+}
+_ADDRESS_LISTS = {NSQD: ("nsqlookupd_tcp_addresses",)}
+
+
+def _check_address(key: str, source: str, address: str, empty_ok: bool, path_ok: bool) -> None:
+    if not address:
+        if empty_ok:
+            return
+        raise ConfigError(key, source, "an address is required (<addr>:<port>)")
+    if path_ok and "/" in address:
+        return
+    try:
+        split_host_port(address)
+    except ValueError as exc:
+        raise ConfigError(key, source, f"invalid address {address!r} - {exc}") from None
+
+
+def _check_addresses(daemon: str, values: dict[str, Any], sources: dict[str, str]) -> None:
+    for key, empty_ok, path_ok in _ADDRESSES.get(daemon, ()):
+        _check_address(key, sources[key], values[key], empty_ok, path_ok)
+    for key in _ADDRESS_LISTS.get(daemon, ()):
+        for address in values[key]:
+            _check_address(key, sources[key], address, False, False)
+
+
+def _conflict(
+    values: dict[str, Any], sources: dict[str, str], key: str, other: str, why: str
+) -> ConfigError:
+    """One line naming both options and where each came from."""
+    shown = values[other]
+    if isinstance(shown, float):
+        shown = format_duration(shown)
+    return ConfigError(key, sources[key], f"{why} {other} ({shown}, from {sources[other]})")
+
+
 def _finish(daemon: str, values: dict[str, Any], sources: dict[str, str]) -> Options:
-    """Cross-option checks nsqd makes in nsqd.New, before anything listens."""
+    """Cross-option checks nsqd makes in nsqd.New, plus address and conflict checks, all
+    before anything listens."""
+    _check_addresses(daemon, values, sources)
     if daemon == NSQD:
+        if values["min_output_buffer_timeout"] > values["max_output_buffer_timeout"]:
+            raise _conflict(
+                values, sources, "min_output_buffer_timeout", "max_output_buffer_timeout",
+                "must not be greater than",
+            )
+        if values["statsd_address"] and values["statsd_interval"] <= 0:
+            raise _conflict(
+                values, sources, "statsd_interval", "statsd_address", "must be > 0 with"
+            )
+        percentiles = values["e2e_processing_latency_percentiles"]
+        if percentiles and values["e2e_processing_latency_window_time"] <= 0:
+            raise _conflict(
+                values, sources, "e2e_processing_latency_window_time",
+                "e2e_processing_latency_percentiles", "must be > 0 with",
+            )
         policy = values["tls_client_auth_policy"]
         if policy not in ("", "require", "require-verify"):
             raise ConfigError(

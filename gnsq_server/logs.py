@@ -7,6 +7,8 @@ the prefix as given, local time with microseconds, the level as nsqd names it, t
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import os
 import sys
 from datetime import datetime
 from typing import TextIO
@@ -69,20 +71,73 @@ class _NsqdHandler(logging.StreamHandler):
     """A StreamHandler (it flushes after every record), marked so setup can replace it."""
 
 
-def setup_logging(prefix: str, level: str, stream: TextIO | None = None) -> logging.Handler:
-    """Install the one root handler, writing nsqd-format lines to ``stream`` (default stdout).
+class LogFileHandler(logging.handlers.RotatingFileHandler):
+    """``--log-file``: appends, rotates by size to FILE.1 .. FILE.N, and ``reopen()``s on SIGHUP.
+
+    After logrotate moves the file away, ``reopen()`` starts a new one at the configured path
+    (``copytruncate`` needs no signal at all: the file is opened in append mode).
+    """
+
+    def __init__(self, path: str, max_bytes: int, backups: int) -> None:
+        # A max_bytes of 0 disables size rotation, as in RotatingFileHandler.
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+
+    def reopen(self) -> None:
+        """Close the current file and open the configured path again."""
+        self.acquire()
+        try:
+            if self.stream is not None:
+                self.stream.close()
+            self.stream = self._open()
+        finally:
+            self.release()
+
+
+def _installed() -> list[logging.Handler]:
+    root = logging.getLogger()
+    return [h for h in root.handlers if isinstance(h, (_NsqdHandler, LogFileHandler))]
+
+
+def setup_logging(
+    prefix: str,
+    level: str,
+    stream: TextIO | None = None,
+    *,
+    log_file: str = "",
+    max_bytes: int = 0,
+    backups: int = 0,
+) -> logging.Handler:
+    """Install the one root handler, writing nsqd-format lines to ``stream`` (default stdout),
+    or to ``log_file`` (rotated at ``max_bytes`` keeping ``backups`` copies) when given.
 
     Each line is flushed as written, so a supervisor reading a pipe sees it at once. Calling it
-    again replaces the handler it installed before.
+    again replaces the handler it installed before. OSError when the file cannot be opened.
     """
     root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _NsqdHandler)]:
+    handler: logging.Handler
+    if log_file:
+        directory = os.path.dirname(os.path.abspath(log_file))
+        os.makedirs(directory, exist_ok=True)
+        handler = LogFileHandler(log_file, max_bytes, backups)
+    else:
+        handler = _NsqdHandler(sys.stdout if stream is None else stream)
+    for old in _installed():
         root.removeHandler(old)
-    handler = _NsqdHandler(sys.stdout if stream is None else stream)
+        if isinstance(old, LogFileHandler):
+            old.close()
     handler.setFormatter(NsqdFormatter(prefix))
     root.addHandler(handler)
     set_level(level)
     return handler
+
+
+def reopen_log_file() -> bool:
+    """Reopen ``--log-file`` (the SIGHUP action); False when logging goes to a stream."""
+    files = [h for h in _installed() if isinstance(h, LogFileHandler)]
+    for handler in files:
+        handler.reopen()
+        logging.getLogger(__name__).info("LOG: reopened %s", handler.baseFilename)
+    return bool(files)
 
 
 def set_level(name: str) -> None:

@@ -78,6 +78,20 @@ class Option:
 
 _COMMON_LOG = (
     Option("log-level", LOG_LEVEL, "info", "set log verbosity: debug, info, warn, error, or fatal"),
+    # gnsq-only: nsqd logs to stderr only (nsqio/nsq#977).
+    Option(
+        "log-file", STR, "",
+        "write log lines to this file instead of stdout (reopened on SIGHUP, for logrotate)",
+    ),
+    Option(
+        "log-file-max-bytes", INT, 104857600,
+        "rotate --log-file when it would grow past this size (0 disables size rotation)",
+        minimum=0,
+    ),
+    Option(
+        "log-file-backups", INT, 5, "rotated --log-file copies to keep (FILE.1 .. FILE.N)",
+        minimum=0, maximum=1000,
+    ),
 )
 
 NSQD_OPTIONS: tuple[Option, ...] = (
@@ -235,6 +249,11 @@ NSQD_OPTIONS: tuple[Option, ...] = (
     Option(
         "crash-safe", BOOL, False,
         "acknowledge a publish only after it is fsynced to disk; survives kill -9",
+    ),
+    Option(
+        "drain-timeout", DURATION, 0.0,
+        "on SIGTERM/SIGINT, stop delivering and wait up to this long for consumers to finish "
+        "in-flight messages before closing them (0: close at once, as nsqd does)",
     ),
 )
 

@@ -84,6 +84,8 @@ class Channel:
         self.message_count = 0
         self.requeue_count = 0
         self.timeout_count = 0
+        #: e2e latency stream (nsqd/e2e.py attaches one when percentiles are configured)
+        self.e2e = None
 
     def __repr__(self) -> str:
         return f"<Channel {self.topic_name}:{self.name}>"
@@ -272,6 +274,8 @@ class Channel:
     def finish(self, client: Consumer, msg_id: bytes) -> Message:
         msg = self._owned(client, msg_id)
         self.in_flight.remove(msg_id)
+        if self.e2e is not None:
+            self.e2e.insert(msg.timestamp)
         self._forget(msg)
         self._release(client)
         return msg

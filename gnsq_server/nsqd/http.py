@@ -14,7 +14,7 @@ import re
 import struct
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, Response, request
 
 from gnsq_server import NSQ_VERSION, config
 from gnsq_server.httpapi import (
@@ -25,7 +25,7 @@ from gnsq_server.httpapi import (
     read_body,
     route,
 )
-from gnsq_server.nsqd import stats
+from gnsq_server.nsqd import metrics, stats
 from gnsq_server.nsqd.topic import PublishError, TopicExiting
 from gnsq_server.wire import is_valid_name
 
@@ -132,6 +132,14 @@ def create_app(
         if first(params, "format") == "json":
             return doc
         return stats.render_text(doc)
+
+    registry = metrics.make_registry(nsqd, e2e)
+
+    @route(app, "/metrics", ["GET"], log=False)
+    def metrics_view() -> Response:
+        """Prometheus exposition format (a gnsq extra; see nsqd/metrics.py)."""
+        body, content_type = metrics.render(registry, request.headers.get("Accept", ""))
+        return Response(body, content_type=content_type)
 
     # -- topics -------------------------------------------------------------------------
 

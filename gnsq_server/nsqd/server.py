@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 
 import gevent
 from gevent import socket
@@ -14,8 +15,10 @@ from gevent.server import StreamServer
 from .. import version_line
 from ..config import split_host_port
 from ..httpapi import make_server
+from .e2e import E2ELatency
 from .lookup_peer import Lookup
 from .nsqd import NSQD
+from .statsd import StatsdLoop
 from .tcp import TCPHandler
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,8 @@ class NSQDServer:
         self.opts = opts
         self.nsqd = NSQD(opts)
         self.lookup = Lookup(self.nsqd)
+        self.e2e = E2ELatency(self.nsqd)  # before open(): channels loaded get their streams
+        self.statsd = StatsdLoop(self.nsqd, self.e2e)
         self._tcp_server: StreamServer | None = None
         self._http_server: WSGIServer | None = None
         self._stopping = False
@@ -81,10 +86,12 @@ class NSQDServer:
         if http_sock is not None:
             from .http import create_app
 
-            self._http_server = make_server(create_app(self.nsqd), http_sock)
+            self._http_server = make_server(create_app(self.nsqd, e2e=self.e2e), http_sock)
             self._http_server.start()
             log.info("HTTP: listening on %s", listening_address(http_sock))
         self.lookup.start()  # after open(): topics loaded from nsqd.dat need no pre-creation
+        if self.opts.statsd_address:
+            self.statsd.start()
 
     def _bind(self, kind: str, address: str) -> socket.socket:
         try:
@@ -100,18 +107,43 @@ class NSQDServer:
         self._stopping = True
         log.info("NSQ: closing")
         self.lookup.stop()
+        self.statsd.stop()
         if self._tcp_server is not None:
+            log.info("TCP: closing %s", listening_address(self._tcp_server.socket))
             self._tcp_server.close()
+        held = self._drain(self.opts.drain_timeout) if self.opts.drain_timeout > 0 else []
+        log.info("NSQ: closing %d client connections", len(self.nsqd.clients))
         for client in list(self.nsqd.clients.values()):
             client.close()
         if self._http_server is not None:
             self._http_server.close()
         gevent.sleep(0)  # let the closed clients' greenlets run their cleanup
+        for channel in held:
+            channel.paused = False  # the drain's hold is never persisted to nsqd.dat
+        log.info("NSQ: writing queued, in-flight and deferred messages to disk")
         try:
             self.nsqd.stop()
         finally:
             log.info("NSQ: bye")
             self._stopped.set()
+
+    def _drain(self, timeout: float) -> list:
+        """--drain-timeout: deliver nothing new and give consumers up to ``timeout`` to FIN or
+        REQ what they hold (nsqio/nsq#1254). Returns the channels held back (paused in memory)."""
+        channels = [c for t in list(self.nsqd.topics.values()) for c in list(t.channels.values())]
+        held = [c for c in channels if not c.paused]
+        for channel in held:
+            channel.paused = True
+        deadline = time.monotonic() + timeout
+
+        def in_flight() -> int:
+            return sum(c.in_flight_count() for c in channels)
+
+        log.info("NSQ: draining %d in-flight messages (up to %gs)", in_flight(), timeout)
+        while in_flight() and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        log.info("NSQ: drain done, %d messages still in flight", in_flight())
+        return held
 
     def wait(self) -> None:
         self._stopped.wait()

@@ -147,8 +147,11 @@ def test_lookupd_flags():
 
 # --- defaults ------------------------------------------------------------------------------
 
+LOG_FILE_DEFAULTS = {"log_file": "", "log_file_max_bytes": 104857600, "log_file_backups": 5}
+
 NSQD_DEFAULTS = {
     "log_level": "info",
+    **LOG_FILE_DEFAULTS,
     "log_prefix": "[nsqd] ",
     "tcp_address": "0.0.0.0:4150",
     "http_address": "0.0.0.0:4151",
@@ -196,10 +199,12 @@ NSQD_DEFAULTS = {
     "max_deflate_level": 6,
     "snappy": True,
     "crash_safe": False,
+    "drain_timeout": 0.0,
 }
 
 LOOKUPD_DEFAULTS = {
     "log_level": "info",
+    **LOG_FILE_DEFAULTS,
     "log_prefix": "[nsqlookupd] ",
     "tcp_address": "0.0.0.0:4160",
     "http_address": "0.0.0.0:4161",
@@ -261,8 +266,8 @@ def test_default_options_overrides():
 
 def test_replace_validates_and_copies():
     opts = default_options(NSQD)
-    changed = opts.replace(log_level="error", nsqlookupd_tcp_addresses=["nope"])
-    assert (changed.log_level, changed.nsqlookupd_tcp_addresses) == ("error", ["nope"])
+    changed = opts.replace(log_level="error", nsqlookupd_tcp_addresses=["nope:4160"])
+    assert (changed.log_level, changed.nsqlookupd_tcp_addresses) == ("error", ["nope:4160"])
     assert opts.log_level == "info" and opts.nsqlookupd_tcp_addresses == []
     assert changed != opts and changed.replace(log_level="info",
                                                nsqlookupd_tcp_addresses=[]) == opts
@@ -425,6 +430,27 @@ ERRORS = [
     ({}, "x.ini", "mem_queue_size = 1\n", "config", "file", "invalid ini file"),
     ({}, "x.toml", "mem_queue_size = = 1\n", "config", "file", "invalid TOML"),
     ({}, "x.toml", "nsqlookupd_tcp_addresses = 5\n", "nsqlookupd_tcp_addresses", "file", "list"),
+    # addresses, checked before anything is bound
+    ({"tcp-address": "localhost"}, None, None, "tcp_address", "flag", "missing port"),
+    ({}, "x.ini", "[nsqd]\nhttp_address = 0.0.0.0:99999\n", "http_address", "file", "port"),
+    ({"tcp-address": ""}, None, None, "tcp_address", "flag", "address is required"),
+    ({}, "x.toml", 'statsd_address = "statsd"\n', "statsd_address", "file", "missing port"),
+    (
+        {"lookupd-tcp-address": ["127.0.0.1:4160", "a:b:c"]}, None, None,
+        "nsqlookupd_tcp_addresses", "flag", "too many colons",
+    ),
+    # gnsq-only options
+    ({"log-file-backups": "-1"}, None, None, "log_file_backups", "flag", "out of range"),
+    ({}, "x.ini", "[nsqd]\ndrain_timeout = 5\n", "drain_timeout", "file", "missing unit"),
+    # two options in conflict: both named, each with its source
+    (
+        {"min-output-buffer-timeout": "1m"}, None, None,
+        "min_output_buffer_timeout", "flag", "max_output_buffer_timeout (30s, from default)",
+    ),
+    (
+        {"statsd-interval": "0s"}, "x.ini", "[nsqd]\nstatsd_address = 127.0.0.1:8125\n",
+        "statsd_interval", "flag", "statsd_address (127.0.0.1:8125, from file",
+    ),
 ]
 
 
@@ -594,9 +620,9 @@ def test_config_endpoint_value(key, value):
 
 
 def test_config_endpoint_value_follows_changes():
-    opts = fixture_like().replace(log_level="WARN", nsqlookupd_tcp_addresses=["nope"])
+    opts = fixture_like().replace(log_level="WARN", nsqlookupd_tcp_addresses=["nope:4160"])
     assert config_endpoint_value(opts, "log_level") == 3
-    assert config_endpoint_value(opts, "nsqlookupd_tcp_addresses") == ["nope"]
+    assert config_endpoint_value(opts, "nsqlookupd_tcp_addresses") == ["nope:4160"]
     assert config_endpoint_value(opts, "id") == opts.id
     # the actual HTTP port when broadcast_http_port is 0; the flag's port wins when set
     assert config_endpoint_value(opts, "statsd_prefix", http_port=5000) == "nsq.127_0_0_1_5000."
