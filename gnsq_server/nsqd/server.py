@@ -20,6 +20,7 @@ from .lookup_peer import Lookup
 from .nsqd import NSQD
 from .statsd import StatsdLoop
 from .tcp import TCPHandler
+from .tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class NSQDServer:
         self.statsd = StatsdLoop(self.nsqd, self.e2e)
         self._tcp_server: StreamServer | None = None
         self._http_server: WSGIServer | None = None
+        self._https_server: WSGIServer | None = None
         self._stopping = False
         self._stopped = Event()
 
@@ -73,8 +75,14 @@ class NSQDServer:
         then start serving."""
         log.info("%s", version_line("nsqd"))
         log.info("ID: %d", self.opts.id)
+        # one TLS context for the TCP upgrade and HTTPS; a bad cert or key stops the start
+        tls_context = self.nsqd.tls_context = server_context(self.opts)
         self.nsqd.open()
         tcp_sock = self._bind("TCP", self.opts.tcp_address)
+        https_sock = None
+        if tls_context is not None and self.opts.https_address:
+            https_sock = self._bind("HTTPS", self.opts.https_address)
+            self.nsqd.https_port = https_sock.getsockname()[1]
         http_sock = self._bind("HTTP", self.opts.http_address) if self.opts.http_address else None
         self.nsqd.tcp_port = tcp_sock.getsockname()[1]
         if http_sock is not None:
@@ -83,6 +91,13 @@ class NSQDServer:
         self._tcp_server = StreamServer(tcp_sock, TCPHandler(self.nsqd))
         self._tcp_server.start()
         log.info("TCP: listening on %s", listening_address(tcp_sock))
+        if https_sock is not None:
+            from .http import create_app
+
+            app = create_app(self.nsqd, https=True, e2e=self.e2e)
+            self._https_server = make_server(app, https_sock, ssl_context=tls_context)
+            self._https_server.start()
+            log.info("HTTPS: listening on %s", listening_address(https_sock))
         if http_sock is not None:
             from .http import create_app
 
@@ -117,6 +132,8 @@ class NSQDServer:
             client.close()
         if self._http_server is not None:
             self._http_server.close()
+        if self._https_server is not None:
+            self._https_server.close()
         gevent.sleep(0)  # let the closed clients' greenlets run their cleanup
         for channel in held:
             channel.paused = False  # the drain's hold is never persisted to nsqd.dat

@@ -9,6 +9,7 @@ import socket
 from ..wire import MAGIC_V2, FatalClientError, error_frame
 from .client import CLIENT_TIMEOUT, Client, format_address
 from .protocol_v2 import ProtocolV2
+from .transport import make_reader
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,8 @@ class TCPHandler:
     def __call__(self, sock: socket.socket, address: tuple) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(CLIENT_TIMEOUT)
-        reader = sock.makefile("rb", buffering=READ_BUFFER_SIZE)
+        # a reader whose source TLS/compression upgrades can swap underneath it
+        reader = make_reader(sock, READ_BUFFER_SIZE)
         try:
             self._serve(sock, address, reader)
         finally:
@@ -57,6 +59,8 @@ class TCPHandler:
         finally:
             client.wait_flushed()
             client.release()
+            if client.sock is not sock:
+                client.sock.close()  # the TLS socket that took over the connection
             self.nsqd.clients.pop(client.id, None)
             log.info(
                 "PROTOCOL(V2): [%s] exiting ioloop (user agent %r)", remote, client.user_agent
