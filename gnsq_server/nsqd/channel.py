@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Protocol
 
 from . import metadata
@@ -76,8 +76,9 @@ class Channel:
         self.in_flight = DeadlineQueue()
         self.deferred = DeadlineQueue()
         self.clients: dict[int, Consumer] = {}
-        # Ready consumers in round-robin order (a dict keeps insertion order and O(1) removal).
-        self._ready: dict[int, Consumer] = {}
+        # Ready consumers in round-robin order. An OrderedDict, not a dict: rotating a plain
+        # dict leaves deleted slots at its front, and next(iter()) then scans them all.
+        self._ready: OrderedDict[int, Consumer] = OrderedDict()
         self._disk_turn = False
         #: the deadline the scheduler will next wake this channel at, None when not scheduled
         self.wake_at: float | None = None
@@ -213,9 +214,10 @@ class Channel:
         client.in_flight_count += 1
         client.send_message(msg)
         # Rotate for round robin, or drop out of the ready set once the window is full.
-        del ready[client.id]
         if client.in_flight_count < client.ready_count:
-            ready[client.id] = client
+            ready.move_to_end(client.id)
+        else:
+            del ready[client.id]
 
     def _pump(self) -> None:
         """Hand queued messages to ready consumers until one side runs out."""

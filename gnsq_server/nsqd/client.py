@@ -71,6 +71,7 @@ class Client:
         self.identified = False
         self._out: list[bytes] = []
         self._wake = Event()
+        self._wake_pending = False  # set() already called since the writer last looked
         self._closing = False
         self._next_heartbeat = time.monotonic() + self.heartbeat_interval
         self._writer = gevent.spawn(self._write_loop)
@@ -110,12 +111,16 @@ class Client:
 
     def send(self, data: bytes) -> None:
         self._out.append(data)
-        self._wake.set()
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._wake.set()
 
     def send_message(self, msg: Message) -> None:
         self.message_count += 1
         self._out.append(msg.frame())
-        self._wake.set()
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._wake.set()
 
     def close(self) -> None:
         """Flush what is queued, then close the connection (the command loop sees EOF)."""
@@ -139,6 +144,7 @@ class Client:
                     else:
                         wake.wait()
                 wake.clear()
+                self._wake_pending = False
                 interval = self.heartbeat_interval
                 now = time.monotonic()
                 if interval > 0 and now >= self._next_heartbeat:

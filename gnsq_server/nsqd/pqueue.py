@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import OrderedDict
 from collections.abc import Iterator
 
 from .message import Message
@@ -12,69 +13,95 @@ from .message import Message
 class DeadlineQueue:
     """Messages by id, released in deadline order.
 
-    FIN and TOUCH would need a removable heap; instead a removed or re-timed message leaves a
-    stale heap entry behind, skipped when it reaches the top, and the heap is rebuilt from the
-    live set whenever stale entries outnumber live ones. Every operation stays O(log n) in C's
-    heapq, amortised, with no per-message index bookkeeping in Python.
+    Deadlines mostly arrive in order: a channel's consumers share a msg_timeout, so each new
+    in-flight message is due after the previous one, and a TOUCH moves a message to the back.
+    Those go into an insertion-ordered FIFO where push, FIN and expiry are O(1) operations of
+    C's OrderedDict. A deadline earlier than the FIFO's last (a shorter msg_timeout, a capped
+    TOUCH, a shorter REQ delay) goes into a heap instead; entries removed from the heap are
+    skipped when they reach its top, and the heap is rebuilt once they outnumber live ones.
     """
 
-    __slots__ = ("_items", "_heap", "_order")
+    __slots__ = ("_fifo", "_fifo_last", "_late", "_heap", "_order")
 
     def __init__(self) -> None:
-        self._items: dict[bytes, Message] = {}
+        self._fifo: OrderedDict[bytes, Message] = OrderedDict()
+        self._fifo_last = float("-inf")
+        self._late: dict[bytes, Message] = {}
         self._heap: list[tuple[float, int, Message]] = []
         self._order = itertools.count()
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._fifo) + len(self._late)
 
     def __contains__(self, msg_id: bytes) -> bool:
-        return msg_id in self._items
+        return msg_id in self._fifo or msg_id in self._late
 
     def __iter__(self) -> Iterator[Message]:
-        return iter(list(self._items.values()))
+        return iter([*self._fifo.values(), *self._late.values()])
 
     def get(self, msg_id: bytes) -> Message | None:
-        return self._items.get(msg_id)
+        msg = self._fifo.get(msg_id)
+        return msg if msg is not None else self._late.get(msg_id)
 
     def push(self, msg: Message, deadline: float) -> None:
         """Add (or re-time) a message; its deadline is kept in `msg.deadline`."""
+        msg_id = msg.id
+        if self._fifo.pop(msg_id, None) is None:
+            self._late.pop(msg_id, None)
         msg.deadline = deadline
-        self._items[msg.id] = msg
-        heapq.heappush(self._heap, (deadline, next(self._order), msg))
+        if deadline >= self._fifo_last or not self._fifo:
+            self._fifo[msg_id] = msg
+            self._fifo_last = deadline
+        else:
+            self._late[msg_id] = msg
+            heapq.heappush(self._heap, (deadline, next(self._order), msg))
 
     def remove(self, msg_id: bytes) -> Message | None:
-        msg = self._items.pop(msg_id, None)
-        if msg is not None and len(self._heap) > 2 * len(self._items) + 64:
-            self._compact()
+        msg = self._fifo.pop(msg_id, None)
+        if msg is not None:
+            return msg
+        msg = self._late.pop(msg_id, None)
+        if msg is not None and len(self._heap) > 2 * len(self._late) + 64:
+            self._heap = [(m.deadline, next(self._order), m) for m in self._late.values()]
+            heapq.heapify(self._heap)
         return msg
 
     def pop_due(self, now: float) -> list[Message]:
         """Remove and return every message whose deadline is at or before `now`."""
-        heap, items, due = self._heap, self._items, []
+        due = []
+        fifo = self._fifo
+        while fifo:
+            msg = fifo[next(iter(fifo))]
+            if msg.deadline > now:
+                break
+            fifo.popitem(last=False)
+            due.append(msg)
+        heap, late = self._heap, self._late
         while heap and heap[0][0] <= now:
             deadline, _, msg = heapq.heappop(heap)
-            if items.get(msg.id) is msg and msg.deadline == deadline:
-                del items[msg.id]
+            if late.get(msg.id) is msg and msg.deadline == deadline:
+                del late[msg.id]
                 due.append(msg)
         return due
 
     def next_deadline(self) -> float | None:
-        heap, items = self._heap, self._items
+        heap, late = self._heap, self._late
         while heap:
             deadline, _, msg = heap[0]
-            if items.get(msg.id) is msg and msg.deadline == deadline:
-                return deadline
+            if late.get(msg.id) is msg and msg.deadline == deadline:
+                break
             heapq.heappop(heap)
-        return None
+        candidates = []
+        if self._fifo:
+            candidates.append(self._fifo[next(iter(self._fifo))].deadline)
+        if heap:
+            candidates.append(heap[0][0])
+        return min(candidates) if candidates else None
 
     def clear(self) -> list[Message]:
         """Drop everything, returning the live messages."""
-        live = list(self._items.values())
-        self._items.clear()
+        live = [*self._fifo.values(), *self._late.values()]
+        self._fifo.clear()
+        self._late.clear()
         self._heap.clear()
         return live
-
-    def _compact(self) -> None:
-        self._heap = [(m.deadline, next(self._order), m) for m in self._items.values()]
-        heapq.heapify(self._heap)

@@ -468,28 +468,46 @@ class ProtocolV2:
         count = unpack_int32(data)[0]
         if count <= 0 or count > (opts.max_body_size - 4) // 5:
             raise FatalClientError("E_BAD_BODY", f"MPUB invalid message count {count}")
-        read, max_msg_size = self.reader.read, opts.max_msg_size
-        bodies = []
-        for index in range(count):
-            data = read(4)
-            if len(data) != 4:
-                raise FatalClientError(
-                    "E_BAD_MESSAGE", f"MPUB failed to read message({index}) body size"
-                )
-            msg_size = unpack_int32(data)[0]
-            if msg_size <= 0:
-                raise FatalClientError(
-                    "E_BAD_MESSAGE", f"MPUB invalid message({index}) body size {msg_size}"
-                )
-            if msg_size > max_msg_size:
-                raise FatalClientError(
-                    "E_BAD_MESSAGE", f"MPUB message too big {msg_size} > {max_msg_size}"
-                )
-            body = read(msg_size)
-            if len(body) != msg_size:
-                raise FatalClientError("E_BAD_MESSAGE", "MPUB failed to read message body")
-            bodies.append(body)
+        bodies: list[bytes] = []
+        peek = getattr(self.reader, "peek", None)
+        while len(bodies) < count:
+            if peek is not None and self._take_buffered_records(peek(1), count, bodies):
+                continue
+            bodies.append(self._read_mpub_record(len(bodies)))
         return bodies
+
+    def _take_buffered_records(self, buffered: bytes, count: int, bodies: list[bytes]) -> bool:
+        """Cut whole, valid records out of what the reader already holds, without a read call
+        per record; anything doubtful is left to _read_mpub_record and its exact errors."""
+        limit, offset, end = self.opts.max_msg_size, 0, len(buffered)
+        while len(bodies) < count and offset + 4 <= end:
+            size = unpack_int32(buffered, offset)[0]
+            if not 0 < size <= limit or offset + 4 + size > end:
+                break
+            bodies.append(buffered[offset + 4 : offset + 4 + size])
+            offset += 4 + size
+        if offset:
+            self.reader.read(offset)
+        return offset > 0
+
+    def _read_mpub_record(self, index: int) -> bytes:
+        data = self.reader.read(4)
+        if len(data) != 4:
+            raise FatalClientError(
+                "E_BAD_MESSAGE", f"MPUB failed to read message({index}) body size"
+            )
+        size = unpack_int32(data)[0]
+        if size <= 0:
+            raise FatalClientError(
+                "E_BAD_MESSAGE", f"MPUB invalid message({index}) body size {size}"
+            )
+        limit = self.opts.max_msg_size
+        if size > limit:
+            raise FatalClientError("E_BAD_MESSAGE", f"MPUB message too big {size} > {limit}")
+        body = self.reader.read(size)
+        if len(body) != size:
+            raise FatalClientError("E_BAD_MESSAGE", "MPUB failed to read message body")
+        return body
 
     def _publish(self, cmd: str, topic_name: str, bodies: list[bytes], defer: float = 0.0) -> None:
         try:
