@@ -372,7 +372,7 @@ def _put_config(nsqd: Any, opt: str) -> None:
     if opt == "nsqlookupd_tcp_addresses":
         try:
             addresses = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python parses
             raise HTTPError(400, "INVALID_VALUE") from None
         if addresses is None:
             addresses = []

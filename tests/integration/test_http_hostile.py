@@ -277,12 +277,6 @@ def test_bad_config_values(server, opt, body):
     assert call(server, "GET", f"/config/{opt}") == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: PUT /config/nsqlookupd_tcp_addresses with JSON nested deeper than "
-    "Python's recursion limit (e.g. 5000 or 20000 '[') answers 500 INTERNAL_ERROR and logs a "
-    "RecursionError traceback; nsqd's json.Unmarshal fails and answers 400 INVALID_VALUE",
-)
 @pytest.mark.parametrize("body", [b"[" * 20000, b"[" * 5000 + b"]" * 5000], ids=["open", "closed"])
 def test_deeply_nested_config_json(server, body):
     opt = "nsqlookupd_tcp_addresses"
