@@ -5,6 +5,7 @@ setup(
     version="0.1.0",
     description="NSQ's nsqd and nsqlookupd daemons, wire-compatible, in Python on gevent",
     packages=find_packages(include=["gnsq_server", "gnsq_server.*"]),
+    package_data={"gnsq_server.admin": ["templates/*.html", "static/*"]},
     python_requires=">=3.10",
     install_requires=[
         "gevent>=23.9",
@@ -30,12 +31,15 @@ setup(
             "supervisor>=4.2",
             # test certificates for TLS are generated in the test session
             "cryptography>=41",
+            # gnsqadmin's browser tests drive Debian's chromium through chromedriver
+            "selenium>=4.10",
         ],
     },
     entry_points={
         "console_scripts": [
             "gnsqd=gnsq_server.cli:gnsqd",
             "gnsqlookupd=gnsq_server.cli:gnsqlookupd",
+            "gnsqadmin=gnsq_server.cli:gnsqadmin",
         ],
     },
 )

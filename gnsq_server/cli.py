@@ -1,4 +1,4 @@
-"""Console entry points ``gnsqd`` and ``gnsqlookupd``; the only module that monkey-patches."""
+"""Console entry points (gnsqd, gnsqlookupd, gnsqadmin); the only module that monkey-patches."""
 
 from gevent import monkey
 
@@ -17,6 +17,7 @@ from gnsq_server.config import (  # noqa: E402
     DURATION,
     FLOATS,
     INT,
+    NSQADMIN,
     NSQD,
     NSQLOOKUPD,
     STRS,
@@ -150,5 +151,13 @@ gnsqlookupd: click.Command = _make_command(
     "nsqd has which topics. Flags take Go's forms (-flag=value, --flag value, bare booleans).",
 )
 
-__all__ = ["gnsqd", "gnsqlookupd", "GoFlagCommand"]
+gnsqadmin: click.Command = _make_command(
+    NSQADMIN,
+    "gnsqadmin",
+    "gnsq_server.admin.server",
+    "A web UI for an NSQ cluster, as nsqadmin: topics, channels, depths, clients and nodes, "
+    "read from nsqlookupd and nsqd HTTP APIs. Flags take Go's forms (-flag=value, --flag value).",
+)
+
+__all__ = ["gnsqd", "gnsqlookupd", "gnsqadmin", "GoFlagCommand"]
 
