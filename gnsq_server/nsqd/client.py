@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 import gevent
-from gevent.event import Event
+from gevent.event import AsyncResult, Event
 
 from ..wire import HEARTBEAT_FRAME
 from .message import Message
@@ -70,6 +71,8 @@ class Client:
         self.channel = None
         self.identified = False
         self._out: list[bytes] = []
+        self._write = sock.sendall  # replaced by TLS / compression upgrades
+        self._upgrade_step: tuple | None = None
         self._wake = Event()
         self._wake_pending = False  # set() already called since the writer last looked
         self._closing = False
@@ -133,8 +136,30 @@ class Client:
         self._wake.set()
         self._writer.join(timeout)
 
+    def set_write(self, write: Callable[[bytes], None]) -> None:
+        """Send buffers through ``write`` from now on (TLS and compression upgrades)."""
+        self._write = write
+
+    def upgrade(self, step: Callable[[], None], timeout: float = 10.0) -> None:
+        """Run ``step`` in the writer greenlet, after everything queued so far has left by the
+        current transport and before anything else is written; re-raise what it raised."""
+        result = AsyncResult()
+        self._upgrade_step = (step, result)
+        self._wake.set()
+        result.get(timeout=timeout)
+
+    def _run_upgrade_step(self) -> None:
+        step, result = self._upgrade_step
+        self._upgrade_step = None
+        try:
+            step()
+        except Exception as err:
+            result.set_exception(err)
+        else:
+            result.set(None)
+
     def _write_loop(self) -> None:
-        out, wake, sock = self._out, self._wake, self.sock
+        out, wake = self._out, self._wake
         try:
             while True:
                 if not out and not self._closing:
@@ -145,6 +170,13 @@ class Client:
                         wake.wait()
                 wake.clear()
                 self._wake_pending = False
+                if self._upgrade_step is not None:
+                    if out:
+                        data = b"".join(out)
+                        out.clear()
+                        self._write(data)
+                    self._run_upgrade_step()
+                    continue
                 interval = self.heartbeat_interval
                 now = time.monotonic()
                 if interval > 0 and now >= self._next_heartbeat:
@@ -154,15 +186,17 @@ class Client:
                 if out:
                     data = b"".join(out)
                     out.clear()
-                    sock.sendall(data)
+                    self._write(data)
                 elif self._closing:
                     break
         except OSError as err:
             log.info("CLIENT(%s): write failed - %s", self.remote_address, err)
         finally:
             self._closing = True
+            if self._upgrade_step is not None:
+                self._upgrade_step[1].set_exception(OSError("connection closed"))
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                self.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
 

@@ -25,8 +25,11 @@ from ..wire import (
     split_command,
     unpack_int32,
 )
+from . import transport
+from .auth import ClientAuth
 from .channel import ChannelError
 from .client import STATE_CLOSING, STATE_INIT, STATE_SUBSCRIBED, Client
+from .compression import deflate_level
 from .topic import PublishError
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,9 @@ class ProtocolV2:
         self.opts = nsqd.opts
         self.client = client
         self.reader = reader
+        self._tls_context = getattr(nsqd, "tls_context", None)
+        # per-connection AUTH state; None when no --auth-http-address is set
+        self._auth = ClientAuth(self.opts, client) if self.opts.auth_http_addresses else None
         self._handlers = {
             b"IDENTIFY": self.identify,
             b"AUTH": self.auth,
@@ -115,6 +121,7 @@ class ProtocolV2:
     def run(self) -> None:
         """The command loop; returns when the client leaves or after a fatal error."""
         readline, handlers, client = self.reader.readline, self._handlers, self.client
+        tls_gate = self.opts.tls_required != 0  # --tls-required: only IDENTIFY before TLS
         while True:
             line = readline(MAX_LINE_LENGTH)
             if not line.endswith(b"\n"):
@@ -122,6 +129,14 @@ class ProtocolV2:
             params = split_command(line)
             handler = handlers.get(params[0])
             try:
+                if tls_gate:
+                    if client.tls:
+                        tls_gate = False
+                    elif params[0] != b"IDENTIFY":
+                        raise FatalClientError(
+                            "E_INVALID",
+                            f"cannot {decode_name(params[0])} in current state (TLS required)",
+                        )
                 if handler is None:
                     raise FatalClientError("E_INVALID", f"invalid command {decode_name(params[0])}")
                 response = handler(params)
@@ -204,7 +219,7 @@ class ProtocolV2:
 
     # -- verbs --------------------------------------------------------------------------
 
-    def identify(self, params: list[bytes]) -> bytes:
+    def identify(self, params: list[bytes]) -> bytes | None:
         client, opts = self.client, self.opts
         self._require_state("IDENTIFY", STATE_INIT)
         body = self._read_body("E_BAD_BODY", "IDENTIFY", opts.max_body_size)
@@ -230,29 +245,43 @@ class ProtocolV2:
             client.msg_timeout = settings["msg_timeout"]
         if not fields.get("feature_negotiation", False):
             return OK_FRAME
+        tls = self._tls_context is not None and fields.get("tls_v1", False) and not client.tls
         snappy = opts.snappy and fields.get("snappy", False)
         deflate = opts.deflate and fields.get("deflate", False)
+        requested_level = fields.get("deflate_level", 0) if deflate else 0
+        level = deflate_level(requested_level, opts.max_deflate_level)
         if snappy and deflate:
             raise FatalClientError(
                 "E_IDENTIFY_FAILED", "cannot enable both deflate and snappy compression"
             )
-        # TLS, snappy and deflate upgrades are not offered yet: report them as off.
         reply = {
             "max_rdy_count": opts.max_rdy_count,
             "version": NSQ_VERSION,
             "max_msg_timeout": int(opts.max_msg_timeout * 1000),
             "msg_timeout": round(client.msg_timeout * 1000),
-            "tls_v1": False,
-            "deflate": False,
-            "deflate_level": 6,
+            "tls_v1": bool(tls),
+            "deflate": bool(deflate),
+            "deflate_level": level,
             "max_deflate_level": opts.max_deflate_level,
-            "snappy": False,
+            "snappy": bool(snappy),
             "sample_rate": client.sample_rate,
             "auth_required": bool(opts.auth_http_addresses),
             "output_buffer_size": client.output_buffer_size,
             "output_buffer_timeout": round(client.output_buffer_timeout * 1000),
         }
-        return response_frame(json.dumps(reply, separators=(",", ":")).encode())
+        frame = response_frame(json.dumps(reply, separators=(",", ":")).encode())
+        if not (tls or snappy or deflate):
+            return frame
+        # The upgrades follow the JSON reply, each confirmed by an OK through the new layer.
+        client.send(frame)
+        transport.upgrade(
+            client,
+            self.reader,
+            self._tls_context if tls else None,
+            bool(snappy),
+            level if deflate else 0,
+        )
+        return None
 
     def _validate_identify(self, fields: dict) -> dict:
         """Check IDENTIFY's timing fields in nsqd's order; values in seconds, None = keep."""
@@ -314,8 +343,10 @@ class ProtocolV2:
         self._require_state("AUTH", STATE_INIT)
         if len(params) != 1:
             raise FatalClientError("E_INVALID", "AUTH invalid number of parameters")
-        self._read_body("E_BAD_BODY", "AUTH", self.opts.max_body_size)
-        raise FatalClientError("E_AUTH_DISABLED", "AUTH disabled")
+        secret = self._read_body("E_BAD_BODY", "AUTH", self.opts.max_body_size)
+        if self._auth is None:
+            raise FatalClientError("E_AUTH_DISABLED", "AUTH disabled")
+        return self._auth.authenticate(secret)
 
     def sub(self, params: list[bytes]) -> bytes:
         client = self.client
@@ -330,6 +361,8 @@ class ProtocolV2:
             raise FatalClientError(
                 "E_BAD_CHANNEL", f"SUB channel name {go_quote(channel_name)} is not valid"
             )
+        if self._auth is not None:
+            self._auth.check("SUB", topic_name, channel_name)
         if self.nsqd.exiting:
             raise FatalClientError("E_SUB_FAILED", "SUB failed exiting")
         channel = self.nsqd.get_topic(topic_name).get_channel(channel_name)
@@ -421,6 +454,8 @@ class ProtocolV2:
             raise FatalClientError("E_INVALID", "PUB insufficient number of parameters")
         topic_name = self._topic_name(params, "PUB")
         body = self._read_message_body("PUB")
+        if self._auth is not None:
+            self._auth.check("PUB", topic_name, "")
         self._publish("PUB", topic_name, [body])
         return OK_FRAME
 
@@ -440,6 +475,8 @@ class ProtocolV2:
                 "E_INVALID", f"DPUB timeout {timeout_ms} out of range 0-{limit_ms}"
             )
         body = self._read_message_body("DPUB")
+        if self._auth is not None:
+            self._auth.check("DPUB", topic_name, "")
         self._publish("DPUB", topic_name, [body], timeout_ms / 1000)
         return OK_FRAME
 
@@ -447,6 +484,8 @@ class ProtocolV2:
         if len(params) < 2:
             raise FatalClientError("E_INVALID", "MPUB insufficient number of parameters")
         topic_name = self._topic_name(params, "MPUB", code_prefix="E_BAD_TOPIC ")
+        if self._auth is not None:
+            self._auth.check("MPUB", topic_name, "")  # nsqd checks before reading the body
         bodies = self._read_mpub_body()
         self._publish("MPUB", topic_name, bodies)
         return OK_FRAME
