@@ -124,6 +124,8 @@ def test_topics_nodes_and_depth_per_node(cluster: AdminCluster) -> None:
     )
     assert sorted(n["depth"] for n in topic["nodes"]) == [2, 3]
     assert topic["message_count"] == 5 and topic["message"] == ""
+    assert cluster.admin.stop() == 0  # SIGTERM: a clean stop
+    assert "INFO: HTTP: listening on 127.0.0.1:" in cluster.admin.log_text()
 
 
 def test_actions_reach_every_nsqd(cluster: AdminCluster, connect) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -10,11 +11,14 @@ from gnsq_server.admin.cluster import (
     ClusterInfo,
     UpstreamError,
     aggregate_topics,
+    find_node,
     http_url,
     merge_producers,
     parse_version,
     warning,
 )
+
+from ..captures import CAPTURES
 
 NOW = 1_800_000_000.0
 
@@ -228,3 +232,34 @@ def test_nsqd_only_mode_reads_info_and_stats() -> None:
     assert cluster.topic_stats("t", [])["depth"] == 4
     assert cluster.node_stats("box:4151", [])["total_messages"] == 7
     assert cluster.node_stats("nope:1", []) is None
+
+
+def _captured(server: str, name: str) -> object:
+    path = CAPTURES / "http-transcripts.json"
+    if not path.exists():
+        pytest.skip(f"no captures at {path}")
+    for exchange in json.loads(path.read_text()):
+        if exchange["server"] == server and exchange["name"] == name:
+            return json.loads(exchange["body"])
+    pytest.skip(f"no {server} {name} capture")
+
+
+def test_reads_real_nsq_1_3_0_replies() -> None:
+    """Bodies captured from the real nsqlookupd and nsqd 1.3.0 go through unchanged."""
+    nodes = _captured("nsqlookupd", "nodes_after_tombstone")
+    stats = _captured("nsqd", "stats_json")
+    fake = FakeCluster({"GET l1/nodes": nodes, "GET 127.0.0.1:4151/stats": stats})
+    cluster = ClusterInfo(fake, ["l1"], clock=lambda: NOW)
+    producers = cluster.producers([])
+    real = find_node(producers, "127.0.0.1:4151")
+    assert real["hostname"] == "nsq-fixture"
+    assert {"topic": "lk_topic", "tombstoned": True} in real["topics"]
+    summed = aggregate_topics(cluster.nsqd_stats([real], []), NOW)
+    (doc_topic,) = [t for t in stats["topics"] if t["topic_name"] == "http_stats"]
+    (ours,) = [t for t in summed if t["topic_name"] == "http_stats"]
+    assert ours["depth"] == doc_topic["depth"]
+    assert [c["channel_name"] for c in ours["channels"]] == [
+        c["channel_name"] for c in doc_topic["channels"]
+    ]
+    clients = [c for channel in ours["channels"] for c in channel["clients"]]
+    assert clients and all(c["node"] == "127.0.0.1:4151" for c in clients)
