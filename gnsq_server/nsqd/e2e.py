@@ -210,8 +210,11 @@ def merged_result(streams: Iterable[E2EStream], percentiles: tuple[float, ...]) 
     for stream in streams:
         for sketch in stream.sketches():
             pairs.extend(sketch.weighted())
-    pairs.sort()
-    merged.merge(pairs)
+    if len(pairs) < BUFFER_SIZE and all(width == 1 for _, width in pairs):
+        merged.buffer.extend(int(value) for value, _ in pairs)  # few values: stay exact
+    else:
+        pairs.sort()
+        merged.merge(pairs)
     return _result(merged, percentiles)
 
 

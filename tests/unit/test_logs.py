@@ -146,3 +146,24 @@ def test_wsgi_access_lines_only_at_debug(stream):
         "Traceback: oops",
         "access at debug",
     ]
+
+
+def test_log_file_rotates_and_reopens(stream, tmp_path):
+    path = tmp_path / "sub" / "gnsqd.log"
+    handler = logs.setup_logging("[nsqd] ", "info", log_file=str(path), max_bytes=300, backups=1)
+    try:
+        assert isinstance(handler, logs.LogFileHandler)
+        log = logging.getLogger("gnsq_server.test")
+        for i in range(20):
+            log.info("line %02d of a rotating log file", i)
+        assert sorted(p.name for p in path.parent.iterdir()) == ["gnsqd.log", "gnsqd.log.1"]
+        assert stream.getvalue() == ""  # the stream handler was replaced by the file
+        assert all(LINE.match(line) for line in path.read_text().splitlines())
+        path.rename(path.with_name("moved.log"))
+        assert logs.reopen_log_file() is True
+        log.info("after reopen")
+        assert path.read_text().splitlines()[-1].endswith("INFO: after reopen")
+    finally:
+        handler.close()
+    logs.setup_logging("[nsqd] ", "info", stream)
+    assert logs.reopen_log_file() is False  # logging to a stream: nothing to reopen
