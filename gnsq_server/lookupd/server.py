@@ -101,14 +101,18 @@ class LookupdServer:
 
     def stop(self) -> None:
         """Close the listeners, then the client connections (which unregister as they go)."""
+        logger.info("LOOKUPD: closing")
         if self._tcp_server is not None:
+            logger.info("TCP: closing %s", format_address(self._tcp_server.socket.getsockname()))
             self._tcp_server.close()
             self.tcp_handler.close_all()
             self._tcp_server.stop(timeout=STOP_TIMEOUT)
             self._tcp_server = None
         if self._http_server is not None:
+            logger.info("HTTP: closing %s", format_address(self._http_server.socket.getsockname()))
             self._http_server.stop(timeout=STOP_TIMEOUT)
             self._http_server = None
+        logger.info("LOOKUPD: bye")
 
 
 def run(opts: Options) -> int:
