@@ -31,6 +31,8 @@ setup(
             "supervisor>=4.2",
             # test certificates for TLS are generated in the test session
             "cryptography>=41",
+            # gnsq and pynsq need it for their snappy connections (a shim over cramjam)
+            "python-snappy>=0.7",
             # gnsqadmin's browser tests drive Debian's chromium through chromedriver
             "selenium>=4.10",
         ],
