@@ -81,7 +81,9 @@ class AuthServer:
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self.address = f"127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def start(self) -> AuthServer:
         self._thread.start()
