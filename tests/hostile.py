@@ -108,6 +108,17 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def socket_count(pid: int) -> int:
+    """Open sockets of a process (files such as disk-queue segments left out)."""
+    count = 0
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:")
+        except FileNotFoundError:
+            pass
+    return count
+
+
 def settle(read, target: int, timeout: float = 5.0, interval: float = 0.05) -> int:
     """Poll `read()` until it is at most `target` (resources are released asynchronously)."""
     deadline = time.monotonic() + timeout
@@ -177,6 +188,9 @@ class Gnsqd:
 
     def fds(self) -> int:
         return fd_count(self.pid)
+
+    def sockets(self) -> int:
+        return socket_count(self.pid)
 
     def stats(self, **params) -> dict:
         query = {"format": "json", "include_mem": "false", **params}

@@ -84,10 +84,10 @@ def witness(server):
 def test_100_slowloris_dribblers_each_get_their_ok(server, witness):
     """100 connections each dribble one PUB a byte at a time, interleaved; all are served."""
     count = 100
-    fds_before = server.fds()
+    fds_before = server.sockets()
     socks = [socket.create_connection(("127.0.0.1", server.tcp_port)) for _ in range(count)]
-    assert wait_until(lambda: server.fds() >= fds_before + count, timeout=5)
-    fds_held = server.fds()
+    assert wait_until(lambda: server.sockets() >= fds_before + count, timeout=5)
+    fds_held = server.sockets()
     payloads = [b"  V2" + with_body(b"PUB drip", f"drip-{n:03d}".encode()) for n in range(count)]
     started = time.monotonic()
     try:
@@ -105,7 +105,7 @@ def test_100_slowloris_dribblers_each_get_their_ok(server, witness):
             sock.close()
     assert server.stats(topic="drip")["topics"][0]["depth"] == count
     print(
-        f"\nFIGURE slowloris_dribblers: connections held {count}, server fds {fds_before} -> "
+        f"\nFIGURE slowloris_dribblers: connections held {count}, server sockets {fds_before} -> "
         f"{fds_held} while held, {len(payloads[0])} bytes each over "
         f"{time.monotonic() - started:.1f}s"
     )
@@ -334,13 +334,14 @@ def test_1000_concurrent_connections_publish_at_once(tmp_path):
         consumer.command(b"SUB crowd c")
         expect_response(consumer)
         consumer.command(b"RDY 2500")
+        sockets_before = server.sockets()
         socks = []
         for _ in range(count):
             sock = socket.create_connection(("127.0.0.1", server.tcp_port), timeout=10)
             socks.append(sock)
         for sock in socks:
             sock.sendall(b"  V2")
-        assert wait_until(lambda: server.fds() >= fds_before + count, timeout=10)
+        assert wait_until(lambda: server.sockets() >= sockets_before + count, timeout=10)
         fds_held = server.fds()
         # every connection publishes in the same burst, then all answers are collected
         for number, sock in enumerate(socks):
