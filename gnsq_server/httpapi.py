@@ -496,6 +496,20 @@ class _Handler(WSGIHandler):
             pass
         super().__init__(sock, address, server, rfile)
 
+    def read_request(self, raw_requestline: str) -> bool:
+        """Refuse what Go's net/http refuses with 400: a request line without an HTTP
+        version, header lines without a colon, and conflicting Content-Length headers (a
+        request-smuggling vector)."""
+        if len(raw_requestline.split()) != 3:
+            raise ValueError(f"malformed HTTP request {raw_requestline!r}")
+        parsed = super().read_request(raw_requestline)
+        if self.headers.defects:
+            raise ValueError(f"malformed MIME header line: {self.headers.defects[0]}")
+        lengths = {value.strip() for value in self.headers.get_all("content-length") or ()}
+        if len(lengths) > 1:
+            raise ValueError("conflicting Content-Length headers")
+        return parsed
+
     def run_application(self) -> None:
         super().run_application()
         body = self.wsgi_input

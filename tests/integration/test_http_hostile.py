@@ -310,15 +310,6 @@ GO_400 = {
     "header_without_colon": b"GET /ping HTTP/1.1\r\nHost x\r\nbroken\r\n\r\n",
     "no_http_version": b"GET /ping\r\n\r\n",
 }
-GO_400_BUGS = {
-    "two_content_lengths": "server bug: a request with two different Content-Length headers "
-    "(1 and 2) is accepted: the first byte is published (200 OK) and the rest parsed as a "
-    "second request; Go's net/http refuses it with 400 Bad Request (request smuggling guard)",
-    "header_without_colon": "server bug: a header line without a colon is ignored and the "
-    "request served (200); Go's net/http answers 400 Bad Request (malformed MIME header line)",
-    "no_http_version": "server bug: a request line without an HTTP version is served as "
-    "HTTP/0.9 with a 200; Go's net/http answers 400 Bad Request (malformed HTTP version)",
-}
 
 
 def raw_exchange(port: int, data: bytes, wait: float = 5.0) -> bytes:
@@ -352,10 +343,7 @@ def test_broken_http_gets_4xx_or_close(server, data):
 
 @pytest.mark.parametrize(
     "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=GO_400_BUGS[name]))
-        for name in GO_400
-    ],
+    [pytest.param(name) for name in GO_400],
 )
 def test_malformed_http_gets_go_400(server, name):
     received = raw_exchange(server.http_port, GO_400[name])
