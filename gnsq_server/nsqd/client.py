@@ -143,10 +143,15 @@ class Client:
     def upgrade(self, step: Callable[[], None], timeout: float = 10.0) -> None:
         """Run ``step`` in the writer greenlet, after everything queued so far has left by the
         current transport and before anything else is written; re-raise what it raised."""
+        if self._writer.dead:
+            raise OSError("connection closed")
         result = AsyncResult()
         self._upgrade_step = (step, result)
         self._wake.set()
-        result.get(timeout=timeout)
+        try:
+            result.get(timeout=timeout)
+        except gevent.Timeout:
+            raise OSError("upgrade timed out") from None
 
     def _run_upgrade_step(self) -> None:
         step, result = self._upgrade_step

@@ -108,9 +108,8 @@ def compressed_writer(encoder: Encoder, sendall: Callable[[bytes], None]):
         if len(data) <= COMPRESS_SLICE:
             sendall(encode(data))
             return
-        view = memoryview(data)
         for start in range(0, len(data), COMPRESS_SLICE):
-            sendall(encode(view[start : start + COMPRESS_SLICE]))
+            sendall(encode(data[start : start + COMPRESS_SLICE]))
             gevent.sleep(0)
 
     return write
@@ -153,7 +152,7 @@ def _upgrade_tls(client, reader: io.BufferedReader, context: ssl.SSLContext) -> 
 
     try:
         client.upgrade(handshake)
-    except (OSError, gevent.Timeout) as err:
+    except OSError as err:
         raise FatalClientError("E_IDENTIFY_FAILED", f"IDENTIFY failed {err}") from err
     tls_sock = client.sock
     # Like nsqd, bytes a client sent before its handshake are not part of the TLS stream.
