@@ -77,7 +77,10 @@ class NSQDServer:
         log.info("%s", version_line("nsqd"))
         log.info("ID: %d", self.opts.id)
         # one TLS context for the TCP upgrade and HTTPS; a bad cert or key stops the start
-        tls_context = self.nsqd.tls_context = server_context(self.opts)
+        try:
+            tls_context = self.nsqd.tls_context = server_context(self.opts)
+        except OSError as err:  # ssl.SSLError included
+            raise OSError(err.errno, f"failed to build TLS config - {err}") from err
         self.nsqd.open()
         tcp_sock = self._bind("TCP", self.opts.tcp_address)
         https_sock = None

@@ -285,3 +285,43 @@ def test_no_certificate_means_no_tls(start_nsqd):
     finally:
         conn.close_stream()
     assert nsqd.https_port == 0
+
+
+# -- the gnsqd process ------------------------------------------------------------------------
+
+
+def test_gnsqd_process_listens_on_https(certs, tmp_path):
+    """The console script (monkey-patched) logs `HTTPS: listening on`, serves HTTPS, refuses
+    plain HTTP with --tls-required=true and upgrades TCP clients."""
+    from ..servers import ServerProcess
+
+    process = ServerProcess(
+        "gnsqd", "--tcp-address=127.0.0.1:0", "--http-address=127.0.0.1:0",
+        "--https-address=127.0.0.1:0", f"--data-path={tmp_path}",
+        f"--tls-cert={certs.server_cert}", f"--tls-key={certs.server_key}",
+        "--tls-required=true",
+    ).start(expect=("TCP", "HTTP", "HTTPS"))
+    try:
+        https_port = process.ports["HTTPS"]
+        assert requests.get(f"https://127.0.0.1:{https_port}/ping", verify=str(certs.ca),
+                            timeout=5).text == "OK"
+        refused = requests.get(f"http://127.0.0.1:{process.http_port}/ping", timeout=5)
+        assert (refused.status_code, refused.json()["https_port"]) == (403, https_port)
+        gnsq_exchange(process.tcp_port, "process_tls", n=50, tls_v1=True, snappy=True,
+                      tls_options=verify(certs))
+    finally:
+        assert process.stop() == 0
+
+
+def test_gnsqd_process_refuses_a_bad_key(certs, tmp_path):
+    from ..servers import ServerProcess
+
+    process = ServerProcess(
+        "gnsqd", "--tcp-address=127.0.0.1:0", "--http-address=127.0.0.1:0",
+        f"--data-path={tmp_path}", f"--tls-cert={certs.server_cert}",
+        f"--tls-key={certs.rogue_key}",
+    )
+    with pytest.raises(RuntimeError, match="did not start"):
+        process.start(timeout=10)
+    assert process.wait() != 0
+    assert "failed to build TLS config" in process.log_text()
