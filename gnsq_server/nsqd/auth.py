@@ -5,6 +5,9 @@ url.Values encodes them) with ``Accept: application/vnd.nsq; version=1.0``, tryi
 from a random index until one answers. The answer is cached for its ``ttl`` seconds; a check
 after that asks again. Authorizations hold unanchored regular expressions for the topic and
 channels; publishing is checked with the channel "".
+
+nsqd's ``E_AUTH_ERROR`` (failing to encode or send the AUTH reply) has no counterpart here:
+replies are queued for the writer, whose failures close the connection instead.
 """
 
 from __future__ import annotations

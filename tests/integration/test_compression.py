@@ -55,6 +55,25 @@ def test_gnsq_deflate_at_the_highest_level(port):
     gnsq_exchange(port, "gnsq_deflate9", n=100, deflate=True, deflate_level=9)
 
 
+def test_compressed_bytes_sent_right_after_identify_are_decoded(port, raw):
+    """A client that does not wait for the JSON: its snappy bytes were read with the IDENTIFY
+    and must go through the decoder, not be taken as plain commands."""
+    from gnsq_server.nsqd.compression import SnappyDecoder, SnappyEncoder
+
+    conn = raw(port)
+    body = json.dumps({"feature_negotiation": True, "snappy": True}).encode()
+    pub = SnappyEncoder().encode(b"PUB eager\n" + struct.pack(">i", 2) + b"hi")
+    conn.send(b"IDENTIFY\n" + struct.pack(">i", len(body)) + body + pub)
+    frame_type, reply = conn.read_frame()
+    assert frame_type == 0 and json.loads(reply)["snappy"] is True
+    decoder, plain = SnappyDecoder(), b""
+    conn.sock.settimeout(5)
+    while len(plain) < 20:
+        decoder.feed(conn.sock.recv(4096))
+        plain += decoder.read(4096)
+    assert plain == (struct.pack(">ii", 6, 0) + b"OK") * 2
+
+
 def test_deflate_and_snappy_together_get_the_error_frame(port, raw):
     conn = raw(port)
     conn.command(
@@ -145,4 +164,4 @@ def test_heavy_compression_does_not_starve_a_plain_client(port):
     print(f"heavy exchange {heavy_seconds:.2f}s; plain PUB rtt median {median * 1000:.2f} ms, "
           f"worst {worst * 1000:.2f} ms over {len(latencies)} PUBs")
     assert len(latencies) > 20
-    assert worst < 0.25, f"plain client stalled {worst * 1000:.0f} ms"
+    assert worst < 0.5, f"plain client stalled {worst * 1000:.0f} ms"
