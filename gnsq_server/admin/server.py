@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import time
 
 import gevent
@@ -16,8 +15,7 @@ from gnsq_server.admin.cluster import ClusterInfo, UpstreamError
 from gnsq_server.admin.rates import RateHistory
 from gnsq_server.config import Options
 from gnsq_server.httpapi import make_server
-from gnsq_server.lookupd.server import ListenError, listen
-from gnsq_server.lookupd.tcp import format_address
+from gnsq_server.serving import format_address, listen, run_until_signalled
 
 logger = logging.getLogger(__name__)
 
@@ -79,25 +77,4 @@ class AdminServer:
 
 def run(opts: Options) -> int:
     """Run until SIGTERM or SIGINT; 0 after a clean stop, 1 when the listener cannot be bound."""
-    server = AdminServer(opts)
-    try:
-        server.start()
-    except ListenError as exc:
-        logger.error("%s", exc)
-        return 1
-    stopped = gevent.event.Event()
-
-    def stop() -> None:
-        server.stop()
-        stopped.set()
-
-    def on_signal() -> None:
-        gevent.spawn(stop)
-
-    handlers = [gevent.signal_handler(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)]
-    try:
-        stopped.wait()
-    finally:
-        for handler in handlers:
-            handler.cancel()
-    return 0
+    return run_until_signalled(AdminServer(opts))

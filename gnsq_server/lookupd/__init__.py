@@ -6,7 +6,8 @@
 
 from gnsq_server.lookupd.protocol_v1 import ClientV1, LookupProtocolV1
 from gnsq_server.lookupd.registry import PeerInfo, Producer, Registration, RegistrationDB
-from gnsq_server.lookupd.server import ListenError, LookupdServer, run
+from gnsq_server.lookupd.server import LookupdServer, run
+from gnsq_server.serving import ListenError
 
 __all__ = [
     "ClientV1",

@@ -3,56 +3,24 @@
 from __future__ import annotations
 
 import logging
-import signal
 import socket as stdlib_socket
 
-import gevent
-import gevent.event
-from gevent import socket
 from gevent.pywsgi import WSGIServer
 from gevent.server import StreamServer
 
 from gnsq_server import NSQ_VERSION
-from gnsq_server.config import Options, split_host_port
+from gnsq_server.config import Options
 from gnsq_server.httpapi import make_server
 from gnsq_server.lookupd.http import create_app
 from gnsq_server.lookupd.protocol_v1 import LookupProtocolV1
 from gnsq_server.lookupd.registry import RegistrationDB
-from gnsq_server.lookupd.tcp import TCPHandler, format_address
+from gnsq_server.lookupd.tcp import TCPHandler
+from gnsq_server.serving import ListenError, format_address, listen, run_until_signalled
 
 logger = logging.getLogger(__name__)
 
 #: How long stop() lets client greenlets finish after their sockets were shut down.
 STOP_TIMEOUT = 1.0
-LISTEN_BACKLOG = 1024
-
-
-class ListenError(OSError):
-    """A listener could not be bound; names the address the operator configured."""
-
-    def __init__(self, address: str, cause: OSError) -> None:
-        super().__init__(f"listen ({address}) failed - {cause}")
-        self.address = address
-
-
-def listen(address: str) -> socket.socket:
-    """Bind and listen on `address` with SO_REUSEADDR; port 0 picks a free port."""
-    try:
-        host, port = split_host_port(address)
-        family, kind, proto, _, sockaddr = socket.getaddrinfo(
-            host or None, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, kind, proto)
-    except (OSError, ValueError) as exc:
-        raise ListenError(address, OSError(str(exc))) from exc
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(sockaddr)
-        sock.listen(LISTEN_BACKLOG)
-    except OSError as exc:
-        sock.close()
-        raise ListenError(address, exc) from exc
-    return sock
 
 
 class LookupdServer:
@@ -117,25 +85,4 @@ class LookupdServer:
 
 def run(opts: Options) -> int:
     """Run until SIGTERM or SIGINT; 0 after a clean stop, 1 when a listener cannot be bound."""
-    server = LookupdServer(opts)
-    try:
-        server.start()
-    except ListenError as exc:
-        logger.error("%s", exc)
-        return 1
-    stopped = gevent.event.Event()
-
-    def stop() -> None:
-        server.stop()
-        stopped.set()
-
-    def on_signal() -> None:
-        gevent.spawn(stop)
-
-    handlers = [gevent.signal_handler(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)]
-    try:
-        stopped.wait()
-    finally:
-        for handler in handlers:
-            handler.cancel()
-    return 0
+    return run_until_signalled(LookupdServer(opts))

@@ -11,17 +11,12 @@ from typing import Any
 from gevent.socket import socket as GeventSocket
 
 from gnsq_server.lookupd.protocol_v1 import ClientV1, LookupProtocolV1, encode_response
+from gnsq_server.serving import format_address
 from gnsq_server.wire import MAGIC_V1
 
 logger = logging.getLogger(__name__)
 
 BAD_PROTOCOL_RESPONSE = encode_response(b"E_BAD_PROTOCOL")
-
-
-def format_address(address: Any) -> str:
-    """`ip:port` as Go's net.Addr prints it (IPv6 in brackets); this is the producer id."""
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class TCPHandler:

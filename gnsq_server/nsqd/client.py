@@ -16,6 +16,7 @@ from collections.abc import Callable
 import gevent
 from gevent.event import AsyncResult, Event
 
+from ..serving import format_address
 from ..wire import HEARTBEAT_FRAME
 from .message import Message
 
@@ -28,11 +29,6 @@ STATE_CLOSING = 4
 #: nsqd's internal client timeout; the default heartbeat interval is half of it
 CLIENT_TIMEOUT = 60.0
 DEFAULT_OUTPUT_BUFFER_SIZE = 16 * 1024
-
-
-def format_address(address: tuple) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Client:

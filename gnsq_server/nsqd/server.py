@@ -8,14 +8,13 @@ import signal
 import time
 
 import gevent
-from gevent import socket
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 from gevent.server import StreamServer
 
 from .. import version_line
-from ..config import split_host_port
 from ..httpapi import make_server
+from ..serving import format_address, listen, run_until_signalled
 from .e2e import E2ELatency
 from .lookup_peer import Lookup
 from .nsqd import NSQD
@@ -24,29 +23,6 @@ from .tcp import TCPHandler
 from .tls import server_context
 
 log = logging.getLogger(__name__)
-
-LISTEN_BACKLOG = 1024
-
-
-def bind_listener(address: str) -> socket.socket:
-    """A listening TCP socket with SO_REUSEADDR, so a restart can rebind at once."""
-    host, port = split_host_port(address)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host or "0.0.0.0", port))
-        sock.listen(LISTEN_BACKLOG)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def listening_address(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
 
 class NSQDServer:
     """gnsqd in one object: start() binds and serves, stop() shuts down cleanly."""
@@ -82,41 +58,35 @@ class NSQDServer:
         except OSError as err:  # ssl.SSLError included
             raise OSError(err.errno, f"failed to build TLS config - {err}") from err
         self.nsqd.open()
-        tcp_sock = self._bind("TCP", self.opts.tcp_address)
+        tcp_sock = listen(self.opts.tcp_address, "TCP")
         https_sock = None
         if tls_context is not None and self.opts.https_address:
-            https_sock = self._bind("HTTPS", self.opts.https_address)
+            https_sock = listen(self.opts.https_address, "HTTPS")
             self.nsqd.https_port = https_sock.getsockname()[1]
-        http_sock = self._bind("HTTP", self.opts.http_address) if self.opts.http_address else None
+        http_sock = listen(self.opts.http_address, "HTTP") if self.opts.http_address else None
         self.nsqd.tcp_port = tcp_sock.getsockname()[1]
         if http_sock is not None:
             self.nsqd.http_port = http_sock.getsockname()[1]
         self.nsqd.start()
         self._tcp_server = StreamServer(tcp_sock, TCPHandler(self.nsqd))
         self._tcp_server.start()
-        log.info("TCP: listening on %s", listening_address(tcp_sock))
+        log.info("TCP: listening on %s", format_address(tcp_sock.getsockname()))
         if https_sock is not None:
             from .http import create_app
 
             app = create_app(self.nsqd, https=True, e2e=self.e2e)
             self._https_server = make_server(app, https_sock, ssl_context=tls_context)
             self._https_server.start()
-            log.info("HTTPS: listening on %s", listening_address(https_sock))
+            log.info("HTTPS: listening on %s", format_address(https_sock.getsockname()))
         if http_sock is not None:
             from .http import create_app
 
             self._http_server = make_server(create_app(self.nsqd, e2e=self.e2e), http_sock)
             self._http_server.start()
-            log.info("HTTP: listening on %s", listening_address(http_sock))
+            log.info("HTTP: listening on %s", format_address(http_sock.getsockname()))
         self.lookup.start()  # after open(): topics loaded from nsqd.dat need no pre-creation
         if self.opts.statsd_address:
             self.statsd.start()
-
-    def _bind(self, kind: str, address: str) -> socket.socket:
-        try:
-            return bind_listener(address)
-        except OSError as err:
-            raise OSError(err.errno, f"{kind}: listen ({address}) failed - {err.strerror}") from err
 
     def stop(self) -> None:
         """Stop accepting, close clients, persist everything; wait() returns after that."""
@@ -128,7 +98,7 @@ class NSQDServer:
         self.lookup.stop()
         self.statsd.stop()
         if self._tcp_server is not None:
-            log.info("TCP: closing %s", listening_address(self._tcp_server.socket))
+            log.info("TCP: closing %s", format_address(self._tcp_server.socket.getsockname()))
             self._tcp_server.close()
         held = self._drain(self.opts.drain_timeout) if self.opts.drain_timeout > 0 else []
         log.info("NSQ: closing %d client connections", len(self.nsqd.clients))
@@ -206,17 +176,4 @@ def run(opts) -> int:
     # A file-size limit must fail the write (EFBIG, reported to the publisher), not kill us.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     server = NSQDServer(opts)
-    stop_requested = Event()
-    # Handlers first: a signal that arrives while starting still stops cleanly.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, stop_requested.set)
-    try:
-        server.start()
-    except OSError as err:
-        log.critical("%s", err.strerror or err)
-        return 1
-    governor = gevent.spawn(govern_gc, server.nsqd)
-    stop_requested.wait()
-    governor.kill()
-    server.stop()
-    return 0
+    return run_until_signalled(server, background=lambda: govern_gc(server.nsqd))

@@ -6,8 +6,9 @@ import itertools
 import logging
 import socket
 
+from ..serving import format_address
 from ..wire import MAGIC_V2, FatalClientError, error_frame
-from .client import CLIENT_TIMEOUT, Client, format_address
+from .client import CLIENT_TIMEOUT, Client
 from .protocol_v2 import ProtocolV2
 from .transport import make_reader
 
