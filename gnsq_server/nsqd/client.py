@@ -29,6 +29,9 @@ STATE_CLOSING = 4
 #: nsqd's internal client timeout; the default heartbeat interval is half of it
 CLIENT_TIMEOUT = 60.0
 DEFAULT_OUTPUT_BUFFER_SIZE = 16 * 1024
+#: frames queued for a client that is not reading them before its command loop stops reading
+#: more commands (nsqd's writes block the loop the same way); RDY bounds message frames anyway
+OUTPUT_BACKLOG_LIMIT = 4096
 
 
 class Client:
@@ -71,6 +74,7 @@ class Client:
         self._upgrade_step: tuple | None = None
         self._wake = Event()
         self._wake_pending = False  # set() already called since the writer last looked
+        self._drained = Event()  # the writer finished a write: a backlogged loop may go on
         self._closing = False
         self._next_heartbeat = time.monotonic() + self.heartbeat_interval
         self._writer = gevent.spawn(self._write_loop)
@@ -102,9 +106,10 @@ class Client:
         self._wake.set()
 
     def _apply_timeouts(self) -> None:
-        # nsqd's read deadline is two heartbeat intervals; the same bound serves for writes.
+        # The socket timeout is nsqd's write deadline, one heartbeat interval; the command
+        # loop keeps the two-interval read deadline itself (transport.ConnectionSource).
         interval = self.heartbeat_interval
-        self.sock.settimeout(2 * interval if interval > 0 else None)
+        self.sock.settimeout(interval if interval > 0 else None)
 
     # -- output -------------------------------------------------------------------------
 
@@ -120,6 +125,15 @@ class Client:
         if not self._wake_pending:
             self._wake_pending = True
             self._wake.set()
+
+    def backlogged(self) -> bool:
+        return len(self._out) > OUTPUT_BACKLOG_LIMIT
+
+    def wait_for_writer(self) -> None:
+        """Block the command loop while the client leaves a backlog of frames unread."""
+        while len(self._out) > OUTPUT_BACKLOG_LIMIT and not self._closing:
+            self._drained.clear()
+            self._drained.wait()
 
     def close(self) -> None:
         """Flush what is queued, then close the connection (the command loop sees EOF)."""
@@ -188,12 +202,14 @@ class Client:
                     data = b"".join(out)
                     out.clear()
                     self._write(data)
+                    self._drained.set()
                 elif self._closing:
                     break
         except OSError as err:
             log.info("CLIENT(%s): write failed - %s", self.remote_address, err)
         finally:
             self._closing = True
+            self._drained.set()
             if self._upgrade_step is not None:
                 self._upgrade_step[1].set_exception(OSError("connection closed"))
             try:

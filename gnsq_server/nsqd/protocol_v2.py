@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from io import BufferedReader
 
 from .. import NSQ_VERSION
@@ -121,8 +122,14 @@ class ProtocolV2:
     def run(self) -> None:
         """The command loop; returns when the client leaves or after a fatal error."""
         readline, handlers, client = self.reader.readline, self._handlers, self.client
+        source, monotonic = self.reader.raw, time.monotonic
         tls_gate = self.opts.tls_required != 0  # --tls-required: only IDENTIFY before TLS
         while True:
+            if client.backlogged():
+                client.wait_for_writer()  # like nsqd's blocking writes: no reading meanwhile
+            # nsqd's read deadline: two heartbeat intervals for the whole command, body included
+            interval = client.heartbeat_interval
+            source.deadline = monotonic() + 2 * interval if interval > 0 else None
             line = readline(MAX_LINE_LENGTH)
             if not line.endswith(b"\n"):
                 return  # EOF, or a full 16 KiB read buffer without a newline: close silently
@@ -157,7 +164,11 @@ class ProtocolV2:
     # -- reading bodies -----------------------------------------------------------------
 
     def _read_exact(self, size: int) -> bytes | None:
-        data = self.reader.read(size)
+        """`size` bytes, or None when the client stopped sending (EOF or the read deadline)."""
+        try:
+            data = self.reader.read(size)
+        except TimeoutError:
+            return None
         return data if len(data) == size else None
 
     def _read_size(self, code: str, what: str) -> int:
@@ -510,7 +521,7 @@ class ProtocolV2:
         bodies: list[bytes] = []
         peek = getattr(self.reader, "peek", None)
         while len(bodies) < count:
-            if peek is not None and self._take_buffered_records(peek(1), count, bodies):
+            if peek is not None and self._take_buffered_records(self._peek(peek), count, bodies):
                 continue
             bodies.append(self._read_mpub_record(len(bodies)))
         return bodies
@@ -529,9 +540,16 @@ class ProtocolV2:
             self.reader.read(offset)
         return offset > 0
 
+    @staticmethod
+    def _peek(peek) -> bytes:
+        try:
+            return peek(1)
+        except TimeoutError:
+            return b""  # _read_mpub_record then reports the failed read
+
     def _read_mpub_record(self, index: int) -> bytes:
-        data = self.reader.read(4)
-        if len(data) != 4:
+        data = self._read_exact(4)
+        if data is None:
             raise FatalClientError(
                 "E_BAD_MESSAGE", f"MPUB failed to read message({index}) body size"
             )
@@ -543,8 +561,8 @@ class ProtocolV2:
         limit = self.opts.max_msg_size
         if size > limit:
             raise FatalClientError("E_BAD_MESSAGE", f"MPUB message too big {size} > {limit}")
-        body = self.reader.read(size)
-        if len(body) != size:
+        body = self._read_exact(size)
+        if body is None:
             raise FatalClientError("E_BAD_MESSAGE", "MPUB failed to read message body")
         return body
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import logging
 import ssl
+import time
 from collections.abc import Callable
 
 import gevent
@@ -39,17 +40,32 @@ COMPRESS_SLICE = 64 * 1024
 
 
 class ConnectionSource(io.RawIOBase):
-    """The raw stream under a connection's BufferedReader; ``recv_into`` is swappable."""
+    """The raw stream under a connection's BufferedReader; ``recv_into`` is swappable.
+
+    It also keeps nsqd's read deadline: the command loop sets ``deadline`` (a monotonic
+    time) before each command, and every read of that command, body included, must finish by
+    then. The socket's own timeout is the shorter write deadline, so a read that times out
+    before the command's deadline is simply retried.
+    """
 
     def __init__(self, recv_into: Callable[[memoryview], int]) -> None:
         super().__init__()
         self.recv_into = recv_into
+        self.deadline: float | None = None
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        return self.recv_into(buffer)
+        while True:
+            deadline = self.deadline
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError("read deadline exceeded")
+            try:
+                return self.recv_into(buffer)
+            except TimeoutError:
+                if deadline is None:
+                    raise
 
 
 def _at_eof(buffer) -> int:

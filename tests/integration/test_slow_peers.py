@@ -111,13 +111,6 @@ def test_100_slowloris_dribblers_each_get_their_ok(server, witness):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: the read deadline is a per-recv socket timeout, not one deadline per "
-    "command, so a client dribbling a body a byte every 0.25 s keeps the connection open past "
-    "2 x heartbeat_interval (nsqd answers E_BAD_MESSAGE PUB failed to read message body and "
-    "closes)",
-)
 def test_slowloris_inside_one_command_is_cut_at_the_read_deadline(server, witness):
     conn = RawConnection(server.tcp_port)
     identify(conn, heartbeat_interval=1000)  # read deadline 2 s per command
@@ -142,12 +135,6 @@ def test_slowloris_inside_one_command_is_cut_at_the_read_deadline(server, witnes
     assert frames == [(1, b"E_BAD_MESSAGE PUB failed to read message body")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: when the read deadline expires in the middle of a PUB body the "
-    "connection is closed without nsqd's error frame E_BAD_MESSAGE PUB failed to read "
-    "message body (the socket timeout escapes the command as OSError)",
-)
 def test_stalled_body_gets_nsqd_error_at_the_read_deadline(server, witness):
     conn = RawConnection(server.tcp_port)
     identify(conn, heartbeat_interval=1000)
@@ -229,11 +216,6 @@ def test_consumer_with_rdy_2500_that_never_reads_is_dropped(server, witness):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: the write deadline is the 2 x heartbeat_interval socket timeout over a "
-    "whole sendall; nsqd drops a consumer whose writes block for 1 x heartbeat_interval",
-)
 def test_write_deadline_is_one_heartbeat_interval(server):
     stuck = stuck_consumer(server.tcp_port, "wdl", heartbeat_ms=2000)
     time.sleep(0.2)
@@ -244,13 +226,6 @@ def test_write_deadline_is_one_heartbeat_interval(server):
     assert dropped_after is not None and dropped_after < 3.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: responses are queued in the client's unbounded output list while the "
-    "command loop keeps reading, so a client that pipelines commands (here non-fatal FIN "
-    "errors) and never reads grows RSS by hundreds of MiB until the 60 s write timeout; nsqd "
-    "blocks the command loop on the response write",
-)
 def test_pipelining_client_that_never_reads_keeps_memory_bounded(server, witness):
     rss_before = server.rss()
     sock = socket.socket()
