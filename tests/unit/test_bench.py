@@ -8,6 +8,7 @@ import math
 import struct
 import subprocess
 import sys
+from array import array
 from pathlib import Path
 
 import pytest
@@ -26,28 +27,31 @@ def _load_bench():
 
 
 bench = _load_bench()
+import benchwire  # noqa: E402  (bench.py put scripts/ on sys.path)
 
 
 @pytest.mark.parametrize(
     ("frame", "expected"),
     [
-        (bench.encode_pub("t", b"hello"), b"PUB t\n\x00\x00\x00\x05hello"),
+        (benchwire.encode_pub("t", b"hello"), b"PUB t\n\x00\x00\x00\x05hello"),
         (
-            bench.encode_mpub("t", [b"ab", b"c"]),
+            benchwire.encode_mpub("t", [b"ab", b"c"]),
             b"MPUB t\n\x00\x00\x00\x0f\x00\x00\x00\x02\x00\x00\x00\x02ab\x00\x00\x00\x01c",
         ),
-        (bench.encode_sub("topic", "ch"), b"SUB topic ch\n"),
-        (bench.encode_rdy(2500), b"RDY 2500\n"),
-        (bench.encode_fins([b"0123456789abcdef"]), b"FIN 0123456789abcdef\n"),
+        (benchwire.encode_sub("topic", "ch"), b"SUB topic ch\n"),
+        (benchwire.encode_rdy(2500), b"RDY 2500\n"),
+        (benchwire.encode_fins([b"0123456789abcdef"]), b"FIN 0123456789abcdef\n"),
         (
-            bench.encode_fins([b"0123456789abcdef", b"fedcba9876543210"]),
+            benchwire.encode_fins([b"0123456789abcdef", b"fedcba9876543210"]),
             b"FIN 0123456789abcdef\nFIN fedcba9876543210\n",
         ),
-        (bench.encode_fins([]), b""),
-        (bench.encode_http_mpub_body([b"ab", b"c"]),
-         b"\x00\x00\x00\x02\x00\x00\x00\x02ab\x00\x00\x00\x01c"),
+        (benchwire.encode_fins([]), b""),
         (
-            bench.encode_http_post("h:1", "/pub?topic=t", b"xy"),
+            benchwire.encode_http_mpub_body([b"ab", b"c"]),
+            b"\x00\x00\x00\x02\x00\x00\x00\x02ab\x00\x00\x00\x01c",
+        ),
+        (
+            benchwire.encode_http_post("h:1", "/pub?topic=t", b"xy"),
             b"POST /pub?topic=t HTTP/1.1\r\nHost: h:1\r\nContent-Length: 2\r\n\r\nxy",
         ),
     ],
@@ -57,7 +61,7 @@ def test_encoders_produce_exact_bytes(frame: bytes, expected: bytes) -> None:
 
 
 def test_mpub_body_size_counts_the_count_field() -> None:
-    frame = bench.encode_mpub("t", [b"x" * 200] * 3)
+    frame = benchwire.encode_mpub("t", [b"x" * 200] * 3)
     body_size, count = struct.unpack_from(">ii", frame, len(b"MPUB t\n"))
     assert (body_size, count) == (4 + 3 * 204, 3)
     assert len(frame) == len(b"MPUB t\n") + 4 + body_size
@@ -68,41 +72,47 @@ def frame(frame_type: int, data: bytes) -> bytes:
 
 
 def test_count_oks_fast_path_and_mixed_frames() -> None:
-    assert bench.OK_FRAME == frame(0, b"OK")
-    assert bench.count_oks(bench.OK_FRAME * 7) == (7, 0, b"")
-    mixed = bench.OK_FRAME + frame(0, b"_heartbeat_") + bench.OK_FRAME + bench.OK_FRAME[:3]
-    assert bench.count_oks(mixed) == (2, 1, bench.OK_FRAME[:3])
-    with pytest.raises(bench.ServerError, match="E_BAD_TOPIC"):
-        bench.count_oks(bench.OK_FRAME + frame(1, b"E_BAD_TOPIC PUB topic name"))
+    assert benchwire.OK_FRAME == frame(0, b"OK")
+    assert benchwire.count_oks(benchwire.OK_FRAME * 7) == (7, 0, b"")
+    mixed = (
+        benchwire.OK_FRAME + frame(0, b"_heartbeat_") + benchwire.OK_FRAME + benchwire.OK_FRAME[:3]
+    )
+    assert benchwire.count_oks(mixed) == (2, 1, benchwire.OK_FRAME[:3])
+    with pytest.raises(benchwire.ServerError, match="E_BAD_TOPIC"):
+        benchwire.count_oks(benchwire.OK_FRAME + frame(1, b"E_BAD_TOPIC PUB topic name"))
 
 
 def test_scan_messages_takes_ids_and_stamps() -> None:
     body = struct.pack(">q", 123456789) + b"rest"
-    one = bench.message_frame(b"0123456789abcdef", body)
-    two = bench.message_frame(b"fedcba9876543210", body)
-    assert one[4:8] == b"\x00\x00\x00\x02" and one[bench.MSG_ID_AT:][:16] == b"0123456789abcdef"
-    stamps = bench.array("q")
-    ids, heartbeats, tail = bench.scan_messages(one + frame(0, b"_heartbeat_") + two[:9], stamps)
+    one = benchwire.message_frame(b"0123456789abcdef", body)
+    two = benchwire.message_frame(b"fedcba9876543210", body)
+    assert (
+        one[4:8] == b"\x00\x00\x00\x02" and one[benchwire.MSG_ID_AT :][:16] == b"0123456789abcdef"
+    )
+    stamps = array("q")
+    ids, heartbeats, tail = benchwire.scan_messages(
+        one + frame(0, b"_heartbeat_") + two[:9], stamps
+    )
     assert ids == [b"0123456789abcdef"] and heartbeats == 1 and tail == two[:9]
     assert list(stamps) == [123456789]
 
 
 def test_parse_http_response() -> None:
     reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: y\r\n\r\nOK"
-    assert bench.parse_http_response(reply + b"HTTP/1.1") == (200, b"OK", len(reply))
-    assert bench.parse_http_response(reply[:-1]) is None
+    assert benchwire.parse_http_response(reply + b"HTTP/1.1") == (200, b"OK", len(reply))
+    assert benchwire.parse_http_response(reply[:-1]) is None
     error = b'HTTP/1.1 400 Bad Request\r\ncontent-length: 9\r\n\r\n{"m":"x"}'
-    assert bench.parse_http_response(error) == (400, b'{"m":"x"}', len(error))
+    assert benchwire.parse_http_response(error) == (400, b'{"m":"x"}', len(error))
 
 
 def test_percentile_interpolates_like_numpy() -> None:
     values = list(range(1, 101))
-    assert bench.percentile(values, 50) == 50.5
-    assert bench.percentile(values, 99) == pytest.approx(99.01)
-    assert bench.percentile(values, 99.9) == pytest.approx(99.901)
-    assert bench.percentile(values, 0) == 1 and bench.percentile(values, 100) == 100
-    assert bench.percentile([7.0], 99.9) == 7.0
-    assert math.isnan(bench.percentile([], 50))
+    assert benchwire.percentile(values, 50) == 50.5
+    assert benchwire.percentile(values, 99) == pytest.approx(99.01)
+    assert benchwire.percentile(values, 99.9) == pytest.approx(99.901)
+    assert benchwire.percentile(values, 0) == 1 and benchwire.percentile(values, 100) == 100
+    assert benchwire.percentile([7.0], 99.9) == 7.0
+    assert math.isnan(benchwire.percentile([], 50))
 
 
 def test_summarize_reports_median_and_spread() -> None:
@@ -118,8 +128,18 @@ def test_summarize_reports_median_and_spread() -> None:
 def test_short_real_run_against_gnsqd(tmp_path: Path) -> None:
     """bench.py starts gnsqd itself (without HTTP if gnsqd cannot serve it yet)."""
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(SCRIPT), "--start-gnsqd", f"--gnsqd={GNSQD}", "--mode", "pub,mpub",
-           "--duration", "1", "--json", str(out)]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--start-gnsqd",
+        f"--gnsqd={GNSQD}",
+        "--mode",
+        "pub,mpub",
+        "--duration",
+        "1",
+        "--json",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr
     modes = json.loads(out.read_text())["modes"]
