@@ -25,9 +25,9 @@ every message lives in a disk queue, in nsqd's own file format, from the moment 
 accepted until it is finished, and nothing is acknowledged before it is on disk:
 
 1. Publish: the topic writes the batch to each channel's disk queue (or, while the topic has
-   no channel or is paused, to its own), then waits on ``GroupCommit``: one worker fsyncs
-   every queue written since its last round, so concurrent publishers share an fsync. Only
-   then does the publisher get ``OK``.
+   no channel or is paused, to its own), then waits on ``commit.GroupCommit``: one worker
+   fsyncs every queue written since its last round, so concurrent publishers share an fsync.
+   Only then does the publisher get ``OK``.
 2. Deliver: a channel reads with ``get_pending()``. The record stays on disk and the
    persisted read position (the ``.meta.dat`` file) never moves past the oldest pending
    record, so a crash re-reads every message that was queued, in flight, requeued or
@@ -53,10 +53,9 @@ import re
 import struct
 
 import gevent
-from gevent.event import AsyncResult
 from gevent.lock import Semaphore
 
-__all__ = ["DiskQueue", "GroupCommit", "MESSAGE_HEADER_SIZE", "message_size_bounds"]
+__all__ = ["DiskQueue", "MESSAGE_HEADER_SIZE", "message_size_bounds"]
 
 logger = logging.getLogger(__name__)
 
@@ -664,48 +663,3 @@ class DiskQueue:
         self._read_pos = 0
         self._depth = 0
         return err
-
-
-class GroupCommit:
-    """Make writes durable for many waiting publishers with as few fsyncs as possible.
-
-    Each caller names the queues it wrote to and waits. One worker greenlet syncs everything
-    named so far; callers who arrive while an fsync runs are served together by the next
-    round, so concurrent publishers share fsyncs instead of queueing for one each.
-    """
-
-    def __init__(self) -> None:
-        self._queues: dict[int, DiskQueue] = {}
-        self._waiters: list[AsyncResult] = []
-        self._worker: gevent.Greenlet | None = None
-        self.rounds = 0
-
-    def commit(self, queues) -> None:
-        """Return once every record put into `queues` so far is on disk; OSError otherwise."""
-        result = AsyncResult()
-        for queue in queues:
-            self._queues[id(queue)] = queue
-        self._waiters.append(result)
-        if self._worker is None:
-            self._worker = gevent.spawn(self._run)
-        result.get()
-
-    def _run(self) -> None:
-        try:
-            while self._waiters:
-                queues, waiters = list(self._queues.values()), self._waiters
-                self._queues, self._waiters = {}, []
-                error = None
-                for queue in queues:
-                    try:
-                        queue.sync_data()
-                    except OSError as exc:
-                        error = exc
-                self.rounds += 1
-                for waiter in waiters:
-                    if error is None:
-                        waiter.set(None)
-                    else:
-                        waiter.set_exception(error)
-        finally:
-            self._worker = None

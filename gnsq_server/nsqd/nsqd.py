@@ -17,7 +17,8 @@ from .. import logs
 from ..wire import is_ephemeral
 from . import metadata
 from .channel import Channel
-from .diskqueue import DiskQueue, GroupCommit, message_size_bounds
+from .commit import GroupCommit
+from .diskqueue import DiskQueue, message_size_bounds
 from .topic import DiscardBackend, Topic
 
 log = logging.getLogger(__name__)
