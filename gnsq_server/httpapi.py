@@ -31,6 +31,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from gnsq_server import logs
 from gnsq_server.config import format_duration_ns
+from gnsq_server.wire import is_valid_name
 
 logger = logging.getLogger(__name__)
 
@@ -281,6 +282,25 @@ def first(params: Mapping[str, list[str]], key: str) -> str | None:
     """The first value of ``key`` (Go's ``ReqParams.Get``), or None when absent."""
     values = params.get(key)
     return values[0] if values else None
+
+
+def required(params: Mapping[str, list[str]], name: str) -> str:
+    """A parameter that must be there: 400 MISSING_ARG_<NAME> otherwise."""
+    value = first(params, name)
+    if value is None:
+        raise HTTPError(400, f"MISSING_ARG_{name.upper()}")
+    return value
+
+
+def topic_channel_args(params: Mapping[str, list[str]]) -> tuple[str, str]:
+    """nsq's http_api.GetTopicChannelArgs: both present and valid, checked in this order."""
+    topic = required(params, "topic")
+    if not is_valid_name(topic):
+        raise HTTPError(400, "INVALID_ARG_TOPIC")
+    channel = required(params, "channel")
+    if not is_valid_name(channel):
+        raise HTTPError(400, "INVALID_ARG_CHANNEL")
+    return topic, channel
 
 
 def read_body(limit: int) -> bytes:

@@ -15,32 +15,15 @@ from gnsq_server.httpapi import (
     HTML_CONTENT_TYPE,
     HTTPError,
     create_flask_app,
-    first,
     query_params,
+    required,
     route,
+    topic_channel_args,
 )
 from gnsq_server.lookupd.registry import GO_ZERO_TIME_UNIX_NANO, RegistrationDB
 from gnsq_server.wire import is_valid_name
 
 _NS = 1_000_000_000
-
-
-def _required(params: dict[str, list[str]], name: str) -> str:
-    value = first(params, name)
-    if value is None:
-        raise HTTPError(400, f"MISSING_ARG_{name.upper()}")
-    return value
-
-
-def _topic_channel_args(params: dict[str, list[str]]) -> tuple[str, str]:
-    """nsq's http_api.GetTopicChannelArgs: both present and valid, checked in this order."""
-    topic = _required(params, "topic")
-    if not is_valid_name(topic):
-        raise HTTPError(400, "INVALID_ARG_TOPIC")
-    channel = _required(params, "channel")
-    if not is_valid_name(channel):
-        raise HTTPError(400, "INVALID_ARG_CHANNEL")
-    return topic, channel
 
 
 def create_app(
@@ -85,7 +68,7 @@ def create_app(
     @route(app, "/lookup", ["GET"])
     def lookup() -> dict[str, Any]:
         """A topic's channels and live producers; 404 only when the topic key does not exist."""
-        topic = _required(query_params(), "topic")
+        topic = required(query_params(), "topic")
         if not db.has_topic(topic):
             raise HTTPError(404, "TOPIC_NOT_FOUND")
         producers = db.active_topic_producers(topic, inactive_ns, tombstone_ns)
@@ -100,7 +83,7 @@ def create_app(
 
     @route(app, "/channels", ["GET"])
     def channels() -> dict[str, Any]:
-        return {"channels": db.channels(_required(query_params(), "topic"))}
+        return {"channels": db.channels(required(query_params(), "topic"))}
 
     @route(app, "/nodes", ["GET"])
     def nodes() -> dict[str, Any]:
@@ -119,7 +102,7 @@ def create_app(
 
     @route(app, "/topic/create", ["POST"])
     def topic_create() -> None:
-        topic = _required(query_params(), "topic")
+        topic = required(query_params(), "topic")
         if not is_valid_name(topic):
             raise HTTPError(400, "INVALID_ARG_TOPIC")
         db.create_topic(topic)
@@ -127,23 +110,23 @@ def create_app(
     @route(app, "/topic/delete", ["POST"])
     def topic_delete() -> None:
         """The name is not validated: deleting an unknown or invalid topic is a 200."""
-        db.delete_topic(_required(query_params(), "topic"))
+        db.delete_topic(required(query_params(), "topic"))
 
     @route(app, "/channel/create", ["POST"])
     def channel_create() -> None:
-        db.create_channel(*_topic_channel_args(query_params()))
+        db.create_channel(*topic_channel_args(query_params()))
 
     @route(app, "/channel/delete", ["POST"])
     def channel_delete() -> None:
-        if not db.delete_channel(*_topic_channel_args(query_params())):
+        if not db.delete_channel(*topic_channel_args(query_params())):
             raise HTTPError(404, "CHANNEL_NOT_FOUND")
 
     @route(app, "/topic/tombstone", ["POST"])
     def topic_tombstone() -> None:
         """Hide `node` (`broadcast_address:http_port`) from /lookup of `topic` for a while."""
         params = query_params()
-        topic = _required(params, "topic")
-        node = _required(params, "node")
+        topic = required(params, "topic")
+        node = required(params, "node")
         db.tombstone_topic_producer(topic, node)
 
     @route(app, "/debug/pprof", ["GET"], v1=False)

@@ -23,7 +23,9 @@ from gnsq_server.httpapi import (
     first,
     query_params,
     read_body,
+    required,
     route,
+    topic_channel_args,
 )
 from gnsq_server.nsqd import metrics, stats
 from gnsq_server.nsqd.topic import PublishError, TopicExiting
@@ -56,7 +58,7 @@ def create_app(
     if opts.tls_required == TLS_REQUIRED_MODE and not https:
 
         @app.before_request
-        def tls_required() -> None:
+        def tlsrequired() -> None:
             raise HTTPError(403, "TLS_REQUIRED", https_port=nsqd.https_port)
 
     @route(app, "/ping", ["GET"], v1=False)
@@ -149,7 +151,7 @@ def create_app(
 
     @route(app, "/topic/delete", ["POST"])
     def topic_delete() -> None:
-        name = _required(query_params(), "topic")
+        name = required(query_params(), "topic")
         try:
             nsqd.delete_topic(name)
         except KeyError:
@@ -157,19 +159,19 @@ def create_app(
 
     @route(app, "/topic/empty", ["POST"])
     def topic_empty() -> None:
-        name = _required(query_params(), "topic")
+        name = required(query_params(), "topic")
         if not is_valid_name(name):
             raise HTTPError(400, "INVALID_TOPIC")
         _guarded(_existing_topic(nsqd, name).empty)
 
     @route(app, "/topic/pause", ["POST"])
     def topic_pause() -> None:
-        topic = _existing_topic(nsqd, _required(query_params(), "topic"))
+        topic = _existing_topic(nsqd, required(query_params(), "topic"))
         _guarded(topic.pause)
 
     @route(app, "/topic/unpause", ["POST"])
     def topic_unpause() -> None:
-        topic = _existing_topic(nsqd, _required(query_params(), "topic"))
+        topic = _existing_topic(nsqd, required(query_params(), "topic"))
         _guarded(topic.unpause)
 
     # -- channels -----------------------------------------------------------------------
@@ -227,17 +229,10 @@ def _ns(seconds: float) -> int:
     return int(round(seconds * _NS))
 
 
-def _required(params: dict[str, list[str]], name: str) -> str:
-    value = first(params, name)
-    if value is None:
-        raise HTTPError(400, f"MISSING_ARG_{name.upper()}")
-    return value
-
-
 def _topic_from_query(nsqd: Any) -> tuple[dict[str, list[str]], Any]:
     """nsqd's getTopicFromQuery: validate the topic name, then get (and so create) the topic."""
     params = query_params()
-    name = _required(params, "topic")
+    name = required(params, "topic")
     if not is_valid_name(name):
         raise HTTPError(400, "INVALID_TOPIC")
     return params, nsqd.get_topic(name)
@@ -252,13 +247,7 @@ def _existing_topic(nsqd: Any, name: str) -> Any:
 
 def _existing_topic_and_channel_name(nsqd: Any) -> tuple[Any, str]:
     """nsqd's getExistingTopicFromQuery: both names present and valid, then the topic exists."""
-    params = query_params()
-    topic_name = _required(params, "topic")
-    if not is_valid_name(topic_name):
-        raise HTTPError(400, "INVALID_ARG_TOPIC")
-    channel_name = _required(params, "channel")
-    if not is_valid_name(channel_name):
-        raise HTTPError(400, "INVALID_ARG_CHANNEL")
+    topic_name, channel_name = topic_channel_args(query_params())
     return _existing_topic(nsqd, topic_name), channel_name
 
 

@@ -285,7 +285,7 @@ def memory_stats() -> dict:
 # ---------------------------------------------------------------------------------------------
 # Text rendering (/stats without format=json)
 
-_MEMORY_KEYS = (
+MEMORY_KEYS = (
     "heap_objects",
     "heap_idle_bytes",
     "heap_in_use_bytes",
@@ -356,7 +356,7 @@ def render_text(
     memory = doc.get("memory")
     if memory is not None:
         out.append("\nMemory:\n")
-        out.extend(f"   {key:<25}\t{memory[key]}\n" for key in _MEMORY_KEYS)
+        out.extend(f"   {key:<25}\t{memory[key]}\n" for key in MEMORY_KEYS)
 
     topics = doc.get("topics") or []
     out.append("\nTopics:" if topics else "\nTopics: None\n")

@@ -25,16 +25,8 @@ from . import stats
 
 log = logging.getLogger(__name__)
 
-MEM_GAUGES = (
-    "heap_objects",
-    "heap_idle_bytes",
-    "heap_in_use_bytes",
-    "heap_released_bytes",
-    "gc_pause_usec_100",
-    "gc_pause_usec_99",
-    "gc_pause_usec_95",
-    "next_gc_bytes",
-)
+#: nsqd sends the memory figures as gauges, and the GC run count as a counter of its own
+MEM_GAUGES = tuple(key for key in stats.MEMORY_KEYS if key != "gc_total_runs")
 
 
 def _by_name(items: Iterable[Mapping[str, Any]] | None, key: str) -> dict[str, Mapping]:

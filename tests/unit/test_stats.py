@@ -182,7 +182,7 @@ def test_auth_fields_are_omitempty_in_nsqd_order():
 
 def test_memory_keys_and_types():
     memory = stats.memory_stats()
-    assert list(memory) == list(stats._MEMORY_KEYS)
+    assert list(memory) == list(stats.MEMORY_KEYS)
     assert all(isinstance(v, int) and v >= 0 for v in memory.values())
     assert memory["heap_in_use_bytes"] > 0
 
