@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_WAIT = b"CLOSE_WAIT"
 MSG_ID_LENGTH = 16
+_FIN_LINE_LENGTH = len(b"FIN 0123456789abcdef\n")
 
 # IDENTIFY fields and the JSON types Go's decoder accepts for them.
 _IDENTIFY_FIELDS = {
@@ -133,8 +134,12 @@ class ProtocolV2:
             line = readline(MAX_LINE_LENGTH)
             if not line.endswith(b"\n"):
                 return  # EOF, or a full 16 KiB read buffer without a newline: close silently
-            params = split_command(line)
-            handler = handlers.get(params[0])
+            if len(line) == _FIN_LINE_LENGTH and line.startswith(b"FIN ") and not tls_gate:
+                # The commonest command, one per message consumed: skip the generic parse.
+                handler, params = self.fin, [b"FIN", line[4:20]]
+            else:
+                params = split_command(line)
+                handler = handlers.get(params[0])
             try:
                 if tls_gate:
                     if client.tls:
