@@ -110,9 +110,6 @@ class NSQD:
     def health(self) -> str:
         return "OK" if self._unhealthy is None else f"NOK - {self._unhealthy}"
 
-    def is_healthy(self) -> bool:
-        return self._unhealthy is None
-
     def set_unhealthy(self, err: Exception | str) -> None:
         self._unhealthy = str(err)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict
-from collections.abc import Iterator
 
 from .message import Message
 
@@ -32,12 +31,6 @@ class DeadlineQueue:
 
     def __len__(self) -> int:
         return len(self._fifo) + len(self._late)
-
-    def __contains__(self, msg_id: bytes) -> bool:
-        return msg_id in self._fifo or msg_id in self._late
-
-    def __iter__(self) -> Iterator[Message]:
-        return iter([*self._fifo.values(), *self._late.values()])
 
     def get(self, msg_id: bytes) -> Message | None:
         msg = self._fifo.get(msg_id)
