@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from ..captures import CAPTURES
 from .test_durability import (
     HAS_HTTP,
     Msg,
@@ -40,11 +41,9 @@ from .test_durability import (
     write_nsqd_dat,
 )
 
-FIXTURE = Path("/work/shared/fixtures/nsqd-1.3.0")
+FIXTURE = CAPTURES
 DATADIR_FLAGS = ("--mem-queue-size=0", "--max-bytes-per-file=4096")
 MAX_MSG_SIZE = 1024 * 1024  # nsqd's default --max-msg-size
-
-pytestmark = pytest.mark.skipif(not FIXTURE.exists(), reason="nsqd 1.3.0 fixtures not found")
 
 
 @pytest.fixture
