@@ -25,11 +25,13 @@ from gnsq_server.config import (  # noqa: E402
     TLS_REQUIRED,
     ConfigError,
     Option,
+    load_options,
+    option_table,
+)
+from gnsq_server.config_sources import (  # noqa: E402
     default_text,
     is_bool_flag,
-    load_options,
     normalize_go_flags,
-    option_table,
 )
 from gnsq_server.logs import reopen_log_file, setup_logging  # noqa: E402
 

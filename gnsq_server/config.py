@@ -1,18 +1,28 @@
-"""Option parsing and validation for flags, ``.ini`` files and nsqd's TOML files.
+"""Options resolved and validated: flags over config file over defaults, checked before any bind.
 
-The tables live in ``options`` (their names are re-exported here). Core module: it parses and
-validates, and never opens a socket, so a bad option is reported before any port is bound.
-Values follow nsqd 1.3.0: Go duration syntax, Go's flag forms, the same defaults, the same checks
-(plus range, address and conflict checks where Go would panic or silently misbehave).
+The tables live in ``options`` (their names are re-exported here), reading flags and files in
+``config_sources``, Go's text forms in ``gosyntax``. Values follow nsqd 1.3.0: the same defaults,
+the same checks (plus range, address and conflict checks where Go would panic or silently
+misbehave). Core module: never opens a socket.
 """
 
 from __future__ import annotations
 
-import configparser
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .config_sources import INI, TOML, SourceError, read_config_file
+from .gosyntax import (
+    format_duration,
+    join_host_port,
+    parse_duration,
+    parse_go_bool,
+    parse_go_float,
+    parse_go_int,
+    seconds_to_ns,
+    split_host_port,
+)
 from .options import (  # noqa: F401  (re-exported: config is the public entry point)
     BOOL,
     DURATION,
@@ -42,9 +52,6 @@ from .options import (  # noqa: F401  (re-exported: config is the public entry p
     option_table,
 )
 
-_SECOND_NS = 1_000_000_000
-_MAX_NS = 2**63 - 1
-
 
 class ConfigError(ValueError):
     """An invalid option; ``str()`` is one line naming the key and where its value came from."""
@@ -60,176 +67,14 @@ class _Bad(Exception):
     """A value problem, before the key and source are known."""
 
 
-# --- durations -----------------------------------------------------------------------------
-
-_UNIT_NS = {
-    "ns": 1,
-    "us": 1_000,
-    "\u00b5s": 1_000,  # micro sign, what Go prints
-    "\u03bcs": 1_000,  # greek mu
-    "ms": 1_000_000,
-    "s": _SECOND_NS,
-    "m": 60 * _SECOND_NS,
-    "h": 3600 * _SECOND_NS,
-}
-_NUMBER = re.compile(r"([0-9]*)(?:\.([0-9]*))?")
-_UNIT = re.compile(r"[^0-9.]*")
-
-
-def parse_duration_ns(text: str) -> int:
-    """Go's time.ParseDuration, in integer nanoseconds (``1m0s``, ``250ms``, ``1.5h``, ``0``)."""
-    s = text
-    negative = False
-    if s[:1] in ("+", "-"):
-        negative = s[0] == "-"
-        s = s[1:]
-    if s == "0":
-        return 0
-    if not s:
-        raise ValueError(f'time: invalid duration "{text}"')
-    total = 0
-    while s:
-        number = _NUMBER.match(s)
-        whole, frac = number.group(1), number.group(2)
-        if not whole and not frac:
-            raise ValueError(f'time: invalid duration "{text}"')
-        s = s[number.end() :]
-        unit = _UNIT.match(s).group(0)
-        s = s[len(unit) :]
-        if not unit:
-            raise ValueError(f'time: missing unit in duration "{text}"')
-        if unit not in _UNIT_NS:
-            raise ValueError(f'time: unknown unit "{unit}" in duration "{text}"')
-        scale = _UNIT_NS[unit]
-        total += int(whole or 0) * scale
-        if frac:
-            total += int(frac) * scale // 10 ** len(frac)
-        if total > _MAX_NS:
-            raise ValueError(f'time: invalid duration "{text}"')
-    return -total if negative else total
-
-
-def parse_duration(text: str) -> float:
-    """Go's time.ParseDuration, in float seconds; raises ValueError with Go's message."""
-    return parse_duration_ns(text) / _SECOND_NS
-
-
-def _with_fraction(value: int, digits: int) -> str:
-    whole, frac = divmod(value, 10**digits)
-    frac_text = str(frac).rjust(digits, "0").rstrip("0")
-    return f"{whole}.{frac_text}" if frac_text else str(whole)
-
-
-def format_duration_ns(ns: int) -> str:
-    """Go's time.Duration.String for integer nanoseconds."""
-    if ns == 0:
-        return "0s"
-    sign = "-" if ns < 0 else ""
-    u = abs(ns)
-    if u < 1_000:
-        return f"{sign}{u}ns"
-    if u < 1_000_000:
-        return f"{sign}{_with_fraction(u, 3)}\u00b5s"
-    if u < _SECOND_NS:
-        return f"{sign}{_with_fraction(u, 6)}ms"
-    whole_seconds, frac_ns = divmod(u, _SECOND_NS)
-    text = _with_fraction((whole_seconds % 60) * _SECOND_NS + frac_ns, 9) + "s"
-    minutes = whole_seconds // 60
-    if minutes:
-        text = f"{minutes % 60}m{text}"
-        if minutes // 60:
-            text = f"{minutes // 60}h{text}"
-    return sign + text
-
-
-def format_duration(seconds: float) -> str:
-    """Go's time.Duration.String for float seconds: ``1m0s``, ``250ms``, ``1h0m0s``."""
-    return format_duration_ns(round(seconds * _SECOND_NS))
-
-
-def seconds_to_ns(seconds: float) -> int:
-    """Float seconds (how Options holds durations) to the int nanoseconds nsqd reports."""
-    return round(seconds * _SECOND_NS)
-
-
-# --- addresses -----------------------------------------------------------------------------
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    """Go's net.SplitHostPort with a numeric port: ``[::1]:4150`` -> ``("::1", 4150)``."""
-    if address.startswith("["):
-        close = address.find("]")
-        if close < 0 or not address[close + 1 : close + 2] == ":":
-            raise ValueError(f"address {address}: missing port in address")
-        host, port = address[1:close], address[close + 2 :]
-        if "[" in host or "]" in port or "[" in port:
-            raise ValueError(f"address {address}: unexpected bracket in address")
-    else:
-        host, sep, port = address.rpartition(":")
-        if not sep:
-            raise ValueError(f"address {address}: missing port in address")
-        if ":" in host:
-            raise ValueError(f"address {address}: too many colons in address")
-    if not port.isdigit() or not port.isascii() or int(port) > 65535:
-        raise ValueError(f"address {address}: invalid port {port!r}")
-    return host, int(port)
-
-
-def join_host_port(host: str, port: int) -> str:
-    """Go's net.JoinHostPort: brackets around IPv6 hosts."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def expand_statsd_prefix(prefix: str, broadcast_address: str, http_port: int) -> str:
-    """nsqd's statsd prefix: ``%s`` -> host key (``.``/``:`` -> ``_``), trailing ``.`` added."""
-    if not prefix:
-        return prefix
-    host_key = join_host_port(broadcast_address, http_port).replace(".", "_").replace(":", "_")
-    expanded = prefix.replace("%s", host_key)
-    return expanded if expanded.endswith(".") else expanded + "."
-
-
 # --- value coercion ------------------------------------------------------------------------
 
-_GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
-_GO_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
-
-
-def parse_go_bool(text: str) -> bool:
-    """Go's strconv.ParseBool."""
-    if text in _GO_TRUE:
-        return True
-    if text in _GO_FALSE:
-        return False
-    raise ValueError(f"invalid boolean {text!r}")
-
-
-def is_go_bool(text: str) -> bool:
-    return text in _GO_TRUE or text in _GO_FALSE
-
-
-def _parse_go_int(text: str) -> int:
-    # strconv.ParseInt(s, 0, 64): 0x / 0o / 0b prefixes, legacy leading-zero octal, underscores.
-    if text != text.strip() or not text:
-        raise _Bad(f"invalid integer {text!r}")
-    if re.fullmatch(r"[+-]?0[0-7]+", text):
-        return int(text, 8)
+def _checked(parse: Callable[[str], Any], text: str) -> Any:
+    """A gosyntax parser whose ValueError becomes a value problem (_Bad)."""
     try:
-        value = int(text, 0)
-    except ValueError:
-        raise _Bad(f"invalid integer {text!r}") from None
-    if not -(2**63) <= value < 2**63:
-        raise _Bad(f"integer {text!r} out of range")
-    return value
-
-
-def _parse_go_float(text: str) -> float:
-    try:
-        if text != text.strip() or "_" in text:
-            raise ValueError(text)
-        return float(text)
-    except ValueError:
-        raise _Bad(f"invalid number {text!r}") from None
+        return parse(text)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
 
 
 def _duration_from_text(text: str) -> float:
@@ -253,7 +98,7 @@ def _unquote(text: str) -> str:
 #   FLAG    every value is text, as Go's flag package sees it;
 #   TOML    ints for durations are milliseconds (go-options), tls_* go through their text form;
 #   NATIVE  Python callers: Options' own representation (durations in seconds, tls codes as ints).
-FLAG, INI, TOML, NATIVE = "flag", "ini", "toml", "native"
+FLAG, NATIVE = "flag", "native"
 
 
 def _coerce(opt: Option, raw: Any, mode: str) -> Any:
@@ -269,7 +114,7 @@ def _coerce(opt: Option, raw: Any, mode: str) -> Any:
     if kind == INT:
         if isinstance(raw, bool) or isinstance(raw, float):
             raise _Bad(f"invalid integer {raw!r}")
-        value = raw if isinstance(raw, int) else _parse_go_int(str(raw))
+        value = raw if isinstance(raw, int) else _checked(parse_go_int, str(raw))
         return _check_range(opt, value)
     if kind == BOOL:
         if isinstance(raw, bool):
@@ -345,7 +190,7 @@ def _coerce_list(opt: Option, raw: Any, mode: str) -> list:
     values: list[float] = []
     for item in items:
         if isinstance(item, str):
-            values.extend(_parse_go_float(part) for part in item.split(","))
+            values.extend(_checked(parse_go_float, part) for part in item.split(","))
         elif isinstance(item, (int, float)) and not isinstance(item, bool):
             values.append(float(item))
         else:
@@ -553,64 +398,22 @@ def load_options(
     """
     values, sources = _defaults(daemon)
     if config_file:
-        items, mode = read_config_file(daemon, config_file)
+        try:
+            items, mode = read_config_file(daemon, config_file)
+        except SourceError as exc:
+            raise ConfigError("config", exc.source, exc.problem) from None
         _apply(daemon, values, sources, items, mode, lambda key: f"file {config_file}")
     _apply(daemon, values, sources, flag_values.items(), FLAG, lambda flag: f"flag --{flag}")
     return _finish(daemon, values, sources)
 
 
-# --- config files --------------------------------------------------------------------------
-
-
-def read_config_file(daemon: str, path: str) -> tuple[list[tuple[str, Any]], str]:
-    """The (cfg key, raw value) pairs of a config file and how to read them (INI or TOML)."""
-    source = f"file {path}"
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise ConfigError("config", source, f"cannot read config file: {exc.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError("config", source, "config file is not UTF-8") from None
-    if path.endswith(".ini"):
-        return _read_ini(daemon, text, source), INI
-    return _read_toml(daemon, text, source), TOML
-
-
-def _read_ini(daemon: str, text: str, source: str) -> list[tuple[str, Any]]:
-    parser = configparser.ConfigParser(
-        interpolation=None, inline_comment_prefixes=("#",), empty_lines_in_values=False
-    )
-    try:
-        parser.read_string(text, source=source)
-    except configparser.Error as exc:
-        message = " ".join(str(exc).split())
-        raise ConfigError("config", source, f"invalid ini file: {message}") from None
-    if not parser.has_section(daemon):
-        raise ConfigError("config", source, f"no [{daemon}] section")
-    return [(key, parser.get(daemon, key)) for key in parser.options(daemon)]
-
-
-def _read_toml(daemon: str, text: str, source: str) -> list[tuple[str, Any]]:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ModuleNotFoundError:
-            raise ConfigError(
-                "config", source, "TOML config files need Python 3.11+ or the tomli package"
-            ) from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("config", source, f"invalid TOML: {exc}") from None
-    # nsqd's files are flat; a [nsqd] / [nsqlookupd] table is accepted too.
-    if set(doc) == {daemon} and isinstance(doc[daemon], dict):
-        doc = doc[daemon]
-    return list(doc.items())
+def expand_statsd_prefix(prefix: str, broadcast_address: str, http_port: int) -> str:
+    """nsqd's statsd prefix: ``%s`` -> host key (``.``/``:`` -> ``_``), trailing ``.`` added."""
+    if not prefix:
+        return prefix
+    host_key = join_host_port(broadcast_address, http_port).replace(".", "_").replace(":", "_")
+    expanded = prefix.replace("%s", host_key)
+    return expanded if expanded.endswith(".") else expanded + "."
 
 
 # --- GET /config/<opt> ---------------------------------------------------------------------
@@ -644,87 +447,3 @@ def config_endpoint_value(opts: Options, key: str, http_port: int | None = None)
     return value
 
 
-# --- Go's flag syntax ----------------------------------------------------------------------
-
-
-def _optional_value(opt: Option, token: str) -> bool:
-    """May ``token`` be the value of a bare bool-like flag (``--snappy false``)?"""
-    if opt.kind == TLS_REQUIRED:
-        return is_go_bool(token) or token.lower() == "tcp-https"
-    if opt.kind == IGNORED:
-        return is_go_bool(token) or token.isdigit()
-    return is_go_bool(token)
-
-
-def normalize_go_flags(daemon: str, argv: list[str]) -> list[str]:
-    """Rewrite Go flag forms into ``--flag=value`` tokens one parser can read.
-
-    Accepts ``-flag``/``--flag``, ``=value`` or a separate value, bare booleans (``--snappy`` is
-    ``--snappy=true``). Unlike Go, a bool flag also takes a separate bool literal
-    (``--snappy false``) instead of stopping there. ``-h``/``-help`` become ``--help``, ``-c``
-    and ``-config`` become ``--config=FILE``, ``-version`` becomes ``--version``. Unknown flags
-    are passed on as ``--name`` so the parser reports them.
-    """
-    table = {opt.flag: opt for opt in option_table(daemon)}
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        i += 1
-        if token == "--":
-            out.extend(argv[i - 1 :])
-            break
-        if not token.startswith("-") or token == "-":
-            out.append(token)
-            continue
-        body = token[2:] if token.startswith("--") else token[1:]
-        name, eq, value = body.partition("=")
-        if name in ("h", "help"):
-            out.append("--help")
-        elif name == "version":
-            if not eq or (is_go_bool(value) and parse_go_bool(value)):
-                out.append("--version")
-            elif not is_go_bool(value):
-                out.append(f"--version={value}")  # the parser rejects it
-        elif name in ("c", "config") or (name in table and table[name].kind not in _BOOLISH):
-            if not eq:
-                if i >= len(argv):
-                    out.append("--config" if name == "c" else f"--{name}")
-                    continue
-                value = argv[i]
-                i += 1
-            out.append(f"--{'config' if name == 'c' else name}={value}")
-        elif name in table:
-            if not eq and i < len(argv) and _optional_value(table[name], argv[i]):
-                value, eq = argv[i], "="
-                i += 1
-            out.append(f"--{name}={value if eq else 'true'}")
-        else:
-            out.append(f"--{body}")
-    return out
-
-
-_BOOLISH = (BOOL, TLS_REQUIRED, IGNORED)
-
-
-def is_bool_flag(opt: Option) -> bool:
-    """Whether the flag may be given bare, as Go's bool flags (and --tls-required) can."""
-    return opt.kind in _BOOLISH
-
-
-def default_text(opt: Option) -> str:
-    """The default as a user would type it, for --help and the sample config files."""
-    value = opt.default_value()
-    if opt.kind == DURATION:
-        return format_duration(value)
-    if opt.kind == BOOL:
-        return "true" if value else "false"
-    if opt.kind == TLS_REQUIRED:
-        return {0: "false", 1: "tcp-https", 2: "true"}[value]
-    if opt.kind == TLS_MIN_VERSION:
-        return next(name for name, code in TLS_VERSIONS.items() if code == value)
-    if opt.repeatable:
-        return ",".join(str(v) for v in value)
-    if value is None:
-        return ""
-    return str(value)

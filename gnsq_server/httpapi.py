@@ -30,7 +30,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from gnsq_server import logs
-from gnsq_server.config import format_duration_ns
+from gnsq_server.gosyntax import format_duration_ns
 from gnsq_server.wire import is_valid_name
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import gevent
 from gevent import socket
 from gevent.event import Event
 
-from .config import split_host_port
+from .gosyntax import split_host_port
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
 from .. import NSQ_VERSION
-from ..config import join_host_port, split_host_port
+from ..gosyntax import join_host_port, split_host_port
 from ..wire import is_ephemeral, is_valid_name
 
 if TYPE_CHECKING:

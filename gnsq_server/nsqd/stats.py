@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from gnsq_server import NSQ_VERSION
-from gnsq_server.config import format_duration_ns
+from gnsq_server.gosyntax import format_duration_ns
 
 #: Stats a caller asks for per topic or channel: ``{"count": N, "percentiles": [...] | None}``.
 #: The e2e-latency feature plugs in here; until then every object reports the empty result.

@@ -19,7 +19,8 @@ import gevent
 from gevent import socket
 from gevent.event import Event
 
-from ..config import expand_statsd_prefix, split_host_port
+from ..config import expand_statsd_prefix
+from ..gosyntax import split_host_port
 from ..wire import is_ephemeral
 from . import stats
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gnsq_server import config
+from gnsq_server import config, config_sources, gosyntax
 from gnsq_server.config import (
     NSQD,
     NSQLOOKUPD,
@@ -16,10 +16,9 @@ from gnsq_server.config import (
     config_endpoint_value,
     default_options,
     load_options,
-    normalize_go_flags,
-    parse_duration,
-    parse_duration_ns,
 )
+from gnsq_server.config_sources import normalize_go_flags
+from gnsq_server.gosyntax import parse_duration, parse_duration_ns
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -379,7 +378,7 @@ def test_sample_configs_load_and_list_every_option():
             if line.group(1) and opt.cfg not in ("id", "broadcast_address"):
                 shown = line.group(2).strip()
                 shown = shown[1:-1] if shown.startswith('"') else shown
-                assert shown == config.default_text(opt), opt.cfg
+                assert shown == config_sources.default_text(opt), opt.cfg
 
 
 # --- errors --------------------------------------------------------------------------------
@@ -562,13 +561,13 @@ def test_parse_duration_errors(text, message):
     ],
 )
 def test_format_duration(seconds, text):
-    assert config.format_duration(seconds) == text
+    assert gosyntax.format_duration(seconds) == text
     assert parse_duration(text) == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize("ns", [1, 999, 1_000, 1_001, 999_999_999, 10**9, 61 * 10**9 + 7, 10**15])
 def test_duration_round_trip_ns(ns):
-    assert parse_duration_ns(config.format_duration_ns(ns)) == ns
+    assert parse_duration_ns(gosyntax.format_duration_ns(ns)) == ns
 
 
 # --- GET /config/<opt> ---------------------------------------------------------------------
@@ -662,7 +661,7 @@ def test_expand_statsd_prefix(prefix, host, port, expanded):
 def test_split_host_port(address, parts):
     if parts is ValueError:
         with pytest.raises(ValueError):
-            config.split_host_port(address)
+            gosyntax.split_host_port(address)
     else:
-        assert config.split_host_port(address) == parts
-        assert config.split_host_port(config.join_host_port(*parts)) == parts
+        assert gosyntax.split_host_port(address) == parts
+        assert gosyntax.split_host_port(gosyntax.join_host_port(*parts)) == parts

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gnsq_server.config import format_duration_ns
+from gnsq_server.gosyntax import format_duration_ns
 from gnsq_server.httpapi import go_json
 from gnsq_server.nsqd import stats
 
