@@ -90,6 +90,9 @@ def test_supervisord_runs_both_and_stops_them_cleanly(deployment):
         # the message was written to disk at the stop and is there after a restart
         started = ctl(root, "start", "gnsqd")
         assert started.returncode == 0, started.stdout + started.stderr
+        # RUNNING means it outlived startsecs; on a loaded machine it may not be listening yet
+        wait_for(lambda: read(logs / "gnsqd.log").count("HTTP: listening on") == 2,
+                 what="gnsqd listening again")
         stats = json.loads(curl(f"{http}/stats?format=json&topic=ops"))
         assert stats["topics"][0]["depth"] == 1
     finally:
