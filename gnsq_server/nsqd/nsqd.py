@@ -104,6 +104,7 @@ class NSQD:
             "channel_paused",
             "channel_unpaused",
             "channel_policy_changed",
+            "dead_letters_recorded",
         ):
             self.subscribe(event, self._metadata_changed)
 

@@ -239,6 +239,7 @@ class ChannelPolicy:
                     self.channel._forget(msg)
                     self.dead_lettered[reason] += 1
                     self.book.remember(target.name, copy.id, self.channel, msg, reason)
+                self.book.nsqd.notify("dead_letters_recorded", self.channel)
                 gevent.sleep(0)
         finally:
             self._worker = None
@@ -416,7 +417,10 @@ class PolicyBook:
         except FileNotFoundError:
             return
         except ValueError as err:
-            log.error("%s is unreadable, policies not restored - %s", self.path, err)
+            # kept aside, not overwritten by the next save
+            log.error("%s is unreadable, policies not restored (kept as .bad) - %s",
+                      self.path, err)
+            os.replace(self.path, self.path + ".bad")
             return
         known = set(asdict(Settings()))
         for entry in document.get("channels") or []:
