@@ -33,10 +33,10 @@ _TEXT_FIELDS = ("overflow", "dead_letter_topic")
 
 def register(app: Flask, nsqd: Any) -> None:
     """Add the policy routes to nsqd's HTTP app (http.create_app calls this)."""
-    book: policy.PolicyBook = nsqd.policies
 
     @route(app, "/channel/policy", ["GET", "POST"])
     def channel_policy() -> dict:
+        book: policy.PolicyBook = nsqd.policies
         if request.method == "GET":
             return _describe(book, _existing_channel(nsqd))
         topic, channel_name = _existing_topic_and_channel_name(nsqd)
@@ -55,7 +55,7 @@ def register(app: Flask, nsqd: Any) -> None:
     def channel_redrive() -> dict:
         channel = _existing_channel(nsqd)
         params = query_params()
-        target_name = first(params, "to") or book.redrive_target(channel.topic_name)
+        target_name = first(params, "to") or nsqd.policies.redrive_target(channel.topic_name)
         if target_name is None:
             raise HTTPError(400, "MISSING_ARG_TO")
         if not is_valid_name(target_name) or target_name == channel.topic_name:
@@ -76,7 +76,7 @@ def register(app: Flask, nsqd: Any) -> None:
         params = query_params()
         topic = _existing_topic(nsqd, required(params, "topic"))
         msg_id = first(params, "id")
-        entries = book.lookup(topic.name, msg_id, _count(params, default=100))
+        entries = nsqd.policies.lookup(topic.name, msg_id, _count(params, default=100))
         if msg_id is not None and not entries:
             raise HTTPError(404, "MESSAGE_NOT_FOUND")
         return {"dead_letters": entries}

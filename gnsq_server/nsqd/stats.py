@@ -114,8 +114,9 @@ def channel_stats(
         "paused": bool(channel.paused),
         "e2e_processing_latency": e2e(channel),
     }
-    if channel.policy is not None:  # gnsq only: a delivery policy (nsqd/policy.py)
-        stats["policy"] = channel.policy.stats()
+    policy = getattr(channel, "policy", None)  # gnsq only: a delivery policy (nsqd/policy.py)
+    if policy is not None:
+        stats["policy"] = policy.stats()
     return stats
 
 
