@@ -89,6 +89,8 @@ def _describe(book: policy.PolicyBook, channel: Any) -> dict:
         "channel": channel.name,
         "source": "channel" if book.has_own(channel) else "default",
         **policy.settings_as_dict(settings),
+        "dead_letter_topic": settings.dead_letter_topic
+        or policy.dead_letter_name(channel.topic_name, channel.name),
     }
     if channel.policy is not None:
         answer.update(channel.policy.stats())
