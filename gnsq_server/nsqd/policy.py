@@ -235,6 +235,8 @@ class ChannelPolicy:
                     gevent.sleep(0.5)
                     continue
                 del self.pending[: len(batch)]
+                if self.channel.exiting:
+                    return  # deleted meanwhile: its disk queue is gone with its messages
                 for (msg, reason), copy in zip(batch, copies, strict=True):
                     self.channel._forget(msg)
                     self.dead_lettered[reason] += 1

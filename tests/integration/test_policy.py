@@ -322,6 +322,50 @@ def test_max_depth_takes_out_the_oldest(run_gnsqd, tmp_path, mode, overflow):
         assert policy_stats(server, "feed", "c")["dead_lettered"]["max_depth"] == 900
 
 
+@pytest.mark.parametrize("overflow", ["drop_oldest", "dead_letter_oldest"])
+def test_max_depth_overflow_under_load(run_gnsqd, tmp_path, overflow):
+    """10,000 messages published while three slow gnsq consumers take them: every message is
+    either seen once by a consumer or taken out by max_depth, as /stats counts it."""
+    server = run_gnsqd(tmp_path)
+    set_policy(server, "burst", "c", max_depth=200, overflow=overflow)
+    seen: list[bytes] = []
+    address = [f"127.0.0.1:{server.tcp_port}"]
+    consumers = [
+        gnsq.Consumer("burst", "c", nsqd_tcp_addresses=address, max_in_flight=10)
+        for _ in range(3)
+    ]
+
+    def slow_handler(_consumer, message) -> None:
+        seen.append(message.body)
+        gevent.sleep(0.001)
+
+    for consumer in consumers:
+        consumer.on_message.connect(slow_handler, weak=False)
+        consumer.start(block=False)
+    sent = bodies("b", 10_000)
+    try:
+        for start in range(0, len(sent), 250):
+            wire = Wire(server.tcp_port)
+            wire.command(b"MPUB burst", mpub_body(sent[start:start + 250]))
+            assert wire.response() == b"OK"
+            wire.close()
+            gevent.sleep(0.01)
+        deadline = time.monotonic() + 30
+        while channel_stats(server, "burst", "c")["depth"] and time.monotonic() < deadline:
+            gevent.sleep(0.1)
+        gevent.sleep(0.5)
+    finally:
+        for consumer in consumers:
+            consumer.close()
+            consumer.join(timeout=5)
+    policy = policy_stats(server, "burst", "c")
+    taken = policy["dropped"]["max_depth"] + policy["dead_lettered"]["max_depth"]
+    assert len(seen) == len(set(seen)) and taken > 0
+    assert len(seen) + taken == len(sent)
+    if overflow == "dead_letter_oldest":
+        assert topic_depth(server, "burst.c.dlq") == taken
+
+
 # -- redrive --------------------------------------------------------------------------------
 
 
