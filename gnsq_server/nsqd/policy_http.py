@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import Flask, request
 
-from gnsq_server.config import parse_duration
+from gnsq_server.gosyntax import parse_duration
 from gnsq_server.httpapi import HTTPError, first, query_params, required, route
 from gnsq_server.nsqd import policy
 from gnsq_server.nsqd.http import (
