@@ -469,6 +469,30 @@ def test_policies_survive_sigterm_and_kill_9(run_gnsqd, tmp_path):
     assert entry and entry[-1]["reason"] == "max_attempts"
 
 
+@pytest.mark.parametrize("trial", range(2))
+def test_crash_safe_dead_lettering_loses_nothing_on_kill_9(run_gnsqd, tmp_path, trial):
+    """kill -9 while messages are being dead-lettered: after the restart each one is in the
+    dead-letter topic or still in the source channel (a dead letter reaches the disk of its
+    topic before its source copy is let go)."""
+    server = run_gnsqd(tmp_path, "--crash-safe")
+    set_policy(server, "cs", "c", max_attempts=1)
+    sent = bodies(f"k{trial}", 600)
+    publish(server.tcp_port, "cs", sent, batch=100)
+    wire = subscribe(server.tcp_port, "cs", "c", rdy=100)
+    stop_after = 150 + 200 * trial
+    for count in range(stop_after):
+        msg = wire.message(5)
+        assert msg is not None, count
+        wire.command(b"REQ " + msg.id + b" 0")
+    server.signal(signal.SIGKILL)
+    server.wait()
+    server = run_gnsqd(tmp_path, "--crash-safe")
+    survivors = drain(subscribe(server.tcp_port, "cs", "c", rdy=600), quiet=1.0)
+    dead = drain(subscribe(server.tcp_port, "cs.c.dlq", "x", rdy=600), quiet=1.0)
+    assert {m.body for m in survivors} | {m.body for m in dead} == set(sent)
+    assert len(dead) > 0
+
+
 REFERENCE = os.environ.get("NSQ_REFERENCE_BIN")
 
 
