@@ -24,6 +24,14 @@ publish time, attempts and reason, readable with ``GET /topic/dead_letters?topic
 and kept across restarts (the newest ``LEDGER_SIZE`` per dead-letter topic). The default
 dead-letter topic name, ``<topic>.<channel>.dlq``, names the source as well.
 
+Why not an envelope or a header: NSQ frames have none, and a wrapped body would break every
+consumer that decodes the dead-letter topic with the original message's decoder.
+
+Dead letters are published by one greenlet per channel, in batches, never from inside the
+channel's delivery path (a crash-safe publish waits for an fsync). This module is the channel's
+friend: it takes queued messages with ``Channel._take`` and lets a copy go with
+``Channel._forget``, so how messages are stored stays the channel's business.
+
 Policies and the ledger live in ``gnsq-policies.json`` in the data path, beside nsqd.dat which
 stays exactly nsqd's, so nsqd 1.3.0 loads a data path gnsqd wrote and the reverse.
 A channel without a policy has ``channel.policy is None`` and pays that one check.
