@@ -79,6 +79,7 @@ class PolicyError(ValueError):
     def __init__(self, field: str, text: str) -> None:
         super().__init__(f"{field} {text}")
         self.field = field
+        self.text = text
 
 
 class DepthExceeded(PublishError):
@@ -191,12 +192,13 @@ class ChannelPolicy:
             )
 
     def trim(self) -> None:
-        """After messages came in: take the oldest queued ones out down to max_depth."""
+        """After messages came in: take the oldest queued ones (in the channel's delivery
+        order) out, down to max_depth."""
         limit, overflow = self.settings.max_depth, self.settings.overflow
         if not limit or overflow == "reject":
             return
         channel = self.channel
-        for _ in range(channel.depth() - limit):
+        while channel.depth() > limit:  # re-read: a take may also move DPUB records aside
             msg = channel._take()
             if msg is None:
                 return

@@ -180,6 +180,7 @@ def run(opts) -> int:
     try:
         server = NSQDServer(opts)
     except PolicyError as err:
-        print(f"gnsqd: --channel-*: {err}", file=sys.stderr)
+        flag = "channel-" + err.field.replace("_", "-")  # the flag (or cfg key) behind it
+        print(f"gnsqd: --{flag}: {err.text}", file=sys.stderr)
         return 2
     return run_until_signalled(server, background=lambda: govern_gc(server.nsqd))
