@@ -180,12 +180,13 @@ class ChannelPolicy:
             self._drop(msg, "msg_ttl")
         return True
 
-    def admit(self, count: int, topic_backlog: int) -> None:
-        """Publish admission: refuse the whole batch when it would pass max_depth (reject)."""
+    def admit(self, count: int, topic: Topic) -> None:
+        """Publish admission: refuse the whole batch when it would take the channel, with what
+        still waits in the topic, past max_depth (overflow=reject)."""
         limit = self.settings.max_depth
         if not limit or self.settings.overflow != "reject":
             return
-        if self.channel.depth() + topic_backlog + count > limit:
+        if self.channel.depth() + topic.depth() + count > limit:
             self.rejected += count
             raise DepthExceeded(
                 f"channel {self.channel.topic_name}:{self.channel.name} max_depth {limit} reached"

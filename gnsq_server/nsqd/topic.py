@@ -126,7 +126,7 @@ class Topic:
         """Channel policies with max_depth may refuse the batch (policy.DepthExceeded)."""
         for channel in self.channels.values():
             if channel.policy is not None:
-                channel.policy.admit(count, self.depth())
+                channel.policy.admit(count, self)
 
     def _check_room(self, count: int, holding: bool) -> None:
         """Without a disk queue, refuse a batch that would not fit rather than drop it."""

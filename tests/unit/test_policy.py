@@ -11,6 +11,7 @@ from gnsq_server.nsqd import stats
 from gnsq_server.nsqd.nsqd import NSQD
 from gnsq_server.nsqd.policy import (
     POLICY_FILE,
+    DepthExceeded,
     PolicyError,
     Settings,
     dead_letter_name,
@@ -97,3 +98,15 @@ def test_text_stats_line():
     })
     assert line.startswith("policy: max-attempts: 5 msg-ttl: 1m0s max-depth: 0 (reject)")
     assert "dead-lettered: 3 (attempts 2, ttl 1, depth 0) dropped: ttl 4, depth 0" in line
+
+
+def test_reject_counts_what_waits_in_a_paused_topic(nsqd):
+    topic = nsqd.get_topic("held")
+    channel = topic.get_channel("c")
+    nsqd.policies.update(channel, {"max_depth": 100})
+    topic.pause()
+    topic.publish([b"m"] * 60)
+    with pytest.raises(DepthExceeded):
+        topic.publish([b"m"] * 50)
+    assert (topic.depth(), channel.depth(), channel.policy.rejected) == (60, 0, 50)
+    topic.publish([b"m"] * 40)  # exactly up to the limit is fine
