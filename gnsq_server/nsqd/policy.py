@@ -232,6 +232,7 @@ class ChannelPolicy:
     def _publish_pending(self) -> None:
         """Publish dead letters in batches; each source copy is finished only once its dead
         letter is accepted (in crash-safe mode: fsynced) by the dead-letter topic."""
+        failing = False
         try:
             while self.pending and not self._stopped():
                 batch = self.pending[:_BATCH]
@@ -239,12 +240,15 @@ class ChannelPolicy:
                 try:
                     copies = target.publish([msg.body for msg, _ in batch])
                 except PublishError as err:
-                    log.warning(
-                        "CHANNEL(%s:%s): dead letters to %s held - %s",
-                        self.channel.topic_name, self.channel.name, target.name, err,
-                    )
+                    if not failing:  # once per streak: the pending gauge shows the rest
+                        log.warning(
+                            "CHANNEL(%s:%s): dead letters to %s held, retrying - %s",
+                            self.channel.topic_name, self.channel.name, target.name, err,
+                        )
+                    failing = True
                     gevent.sleep(0.5)
                     continue
+                failing = False
                 del self.pending[: len(batch)]
                 if self.channel.exiting:
                     return  # deleted meanwhile: its disk queue is gone with its messages

@@ -366,6 +366,28 @@ def test_max_depth_overflow_under_load(run_gnsqd, tmp_path, overflow):
         assert topic_depth(server, "burst.c.dlq") == taken
 
 
+def test_dead_letters_wait_while_the_dead_letter_topic_refuses_them(run_gnsqd, tmp_path):
+    server = run_gnsqd(tmp_path)
+    set_policy(server, "hq", "c", max_attempts=1)
+    set_policy(server, "hq.c.dlq", "x", max_depth=2)
+    publish(server.tcp_port, "hq", bodies("h", 5))
+    wire = subscribe(server.tcp_port, "hq", "c", rdy=5)
+    for msg in receive(wire, 5, fin=False):
+        wire.command(b"REQ " + msg.id + b" 0")
+
+    def held() -> tuple[int, int]:
+        policy = policy_stats(server, "hq", "c")
+        return policy["dead_letter_pending"], policy["dead_lettered"]["max_attempts"]
+
+    wait_until(lambda: held()[0] > 0)
+    pending, done = held()
+    assert pending + done == 5 and channel_stats(server, "hq.c.dlq", "x")["depth"] == done
+    set_policy(server, "hq.c.dlq", "x", max_depth=0)  # room again: they go through
+    wait_until(lambda: held() == (0, 5))
+    dead = drain(subscribe(server.tcp_port, "hq.c.dlq", "x", rdy=10), quiet=0.5)
+    assert sorted(m.body for m in dead) == bodies("h", 5)
+
+
 # -- redrive --------------------------------------------------------------------------------
 
 
