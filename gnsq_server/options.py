@@ -255,6 +255,26 @@ NSQD_OPTIONS: tuple[Option, ...] = (
         "on SIGTERM/SIGINT, stop delivering and wait up to this long for consumers to finish "
         "in-flight messages before closing them (0: close at once, as nsqd does)",
     ),
+    # Daemon-wide default delivery policy of every channel (nsqd/policy.py); a channel's own,
+    # set with POST /channel/policy, overrides it. 0 turns a limit off.
+    Option(
+        "channel-max-attempts", INT, 0,
+        "dead-letter a message delivered this many times when it times out or is requeued again",
+        minimum=0, maximum=65535,
+    ),
+    Option(
+        "channel-msg-ttl", DURATION, 0.0,
+        "drop (or dead-letter, with a dead-letter topic set) messages older than this unsent",
+    ),
+    Option(
+        "channel-max-depth", INT, 0,
+        "most messages a channel queues; past it --channel-overflow applies",
+        minimum=0, maximum=2147483647,
+    ),
+    Option(
+        "channel-overflow", STR, "reject",
+        "at --channel-max-depth: reject (refuse publishes), drop_oldest or dead_letter_oldest",
+    ),
 )
 
 NSQLOOKUPD_OPTIONS: tuple[Option, ...] = (

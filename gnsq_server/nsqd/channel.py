@@ -87,6 +87,8 @@ class Channel:
         self.timeout_count = 0
         #: e2e latency stream (nsqd/e2e.py attaches one when percentiles are configured)
         self.e2e = None
+        #: delivery policy in force (policy.ChannelPolicy), None for nsqd's behaviour
+        self.policy = None
 
     def __repr__(self) -> str:
         return f"<Channel {self.topic_name}:{self.name}>"
@@ -128,6 +130,8 @@ class Channel:
                 if msg.defer > 0:
                     self._defer_due[msg.id] = due + msg.defer
             self._pump()
+            if self.policy is not None:
+                self.policy.trim()
             return
         spill: list[Message] = []
         for msg in msgs:
@@ -143,6 +147,8 @@ class Channel:
             if self.backend is None:
                 raise QueueFull(f"channel {self.topic_name}:{self.name} memory queue is full")
             self.backend.put_many([msg.encode() for msg in spill])
+        if self.policy is not None:
+            self.policy.trim()
 
     def _enqueue(self, msg: Message) -> None:
         if self._ready and not self.paused:
@@ -198,6 +204,8 @@ class Channel:
     # -- delivery -----------------------------------------------------------------------
 
     def _deliver(self, client: Consumer, msg: Message) -> None:
+        if self.policy is not None and self.policy.expired(msg):
+            return
         ready = self._ready
         if client.sample_rate and random.randrange(100) > client.sample_rate:
             self._forget(msg)
@@ -289,6 +297,8 @@ class Channel:
         self.in_flight.remove(msg_id)
         self.requeue_count += 1
         self._release(client)
+        if self.policy is not None and self.policy.retry(msg):
+            return
         if delay > 0:
             self._defer(msg, delay)
         else:
@@ -322,7 +332,8 @@ class Channel:
             msg.client = None
             if client is not None:
                 self._release(client)
-            self._enqueue_or_spill(msg)
+            if self.policy is None or not self.policy.retry(msg):
+                self._enqueue_or_spill(msg)
         for msg in self.deferred.pop_due(now):
             self._enqueue_or_spill(msg)
         next_in_flight = self.in_flight.next_deadline()
@@ -384,6 +395,8 @@ class Channel:
         their own file with their due time; ephemeral channels just drop theirs."""
         queued = list(self.memory)
         self.memory.clear()
+        if self.policy is not None:
+            queued += self.policy.take_pending()
         for msg in self.in_flight.clear():
             msg.client = None
             queued.append(msg)

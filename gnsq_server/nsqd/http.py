@@ -28,6 +28,7 @@ from gnsq_server.httpapi import (
     topic_channel_args,
 )
 from gnsq_server.nsqd import metrics, stats
+from gnsq_server.nsqd.policy import DepthExceeded
 from gnsq_server.nsqd.topic import PublishError, TopicExiting
 from gnsq_server.wire import is_valid_name
 
@@ -218,6 +219,9 @@ def create_app(
             return nsqd.http_port
         return value
 
+    from gnsq_server.nsqd import policy_http  # its routes reuse this module's lookups
+
+    policy_http.register(app, nsqd)
     return app
 
 
@@ -281,12 +285,15 @@ def _parse_defer(raw: str, max_req_timeout: float) -> int:
 
 
 def _publish(topic: Any, bodies: list[bytes], defer: float = 0.0) -> None:
-    """A topic being deleted or a stopping daemon is 503 EXITING, as in nsqd; a failed disk
-    write is 500, so that a full disk does not read as a shutdown."""
+    """A topic being deleted or a stopping daemon is 503 EXITING, as in nsqd; a channel
+    policy's max_depth is 503 MAX_DEPTH (gnsq); a failed disk write is 500, so that a full
+    disk does not read as a shutdown."""
     try:
         topic.publish(bodies, defer)
     except TopicExiting:
         raise HTTPError(503, "EXITING") from None
+    except DepthExceeded:
+        raise HTTPError(503, "MAX_DEPTH") from None
     except PublishError as err:
         raise HTTPError(500, "INTERNAL_ERROR") from err
 

@@ -118,6 +118,36 @@ class NSQDCollector:
             ch_deferred, ch_clients, ch_paused, ch_e2e, cl_msgs, cl_finished, cl_requeued,
             cl_ready, cl_in_flight, cl_connected, pub,
         )
+        yield from _policy_families(doc)
+
+
+def _policy_families(doc: dict) -> list[Metric]:
+    """Counters of the channels' delivery policies (nsqd/policy.py); none without a policy."""
+    policies = [
+        ([topic["topic_name"], channel["channel_name"]], channel["policy"])
+        for topic in doc["topics"] or ()
+        for channel in topic["channels"]
+        if "policy" in channel
+    ]
+    if not policies:
+        return []
+    reason = [*_CHANNEL, "reason"]
+    dead = CounterMetricFamily("nsq_channel_dead_lettered",
+                               "messages moved to the dead-letter topic", labels=reason)
+    dropped = CounterMetricFamily("nsq_channel_policy_dropped",
+                                  "messages dropped by msg_ttl or max_depth", labels=reason)
+    rejected = CounterMetricFamily("nsq_channel_policy_rejected",
+                                   "published messages refused by max_depth", labels=_CHANNEL)
+    pending = GaugeMetricFamily("nsq_channel_dead_letter_pending",
+                                "dead letters not yet in the dead-letter topic", labels=_CHANNEL)
+    for ch, policy in policies:
+        for why, count in policy["dead_lettered"].items():
+            dead.add_metric([*ch, why], count)
+        for why, count in policy["dropped"].items():
+            dropped.add_metric([*ch, why], count)
+        rejected.add_metric(ch, policy["rejected"])
+        pending.add_metric(ch, policy["dead_letter_pending"])
+    return [dead, dropped, rejected, pending]
 
 
 def make_registry(nsqd: Any, e2e: stats.E2ESource = stats.empty_e2e) -> CollectorRegistry:

@@ -15,7 +15,7 @@ from gevent.event import Event
 
 from .. import logs
 from ..wire import is_ephemeral
-from . import metadata
+from . import metadata, policy
 from .channel import Channel
 from .commit import GroupCommit
 from .diskqueue import DiskQueue, message_size_bounds
@@ -93,6 +93,7 @@ class NSQD:
         self._loading = False
         self._metadata_dirty = Event()
         self._background: list[gevent.Greenlet] = []
+        self.policies = policy.PolicyBook(self, policy.defaults_from(opts))
         for event in (
             "topic_created",
             "topic_deleted",
@@ -102,6 +103,8 @@ class NSQD:
             "topic_unpaused",
             "channel_paused",
             "channel_unpaused",
+            "channel_policy_changed",
+            "dead_letters_recorded",
         ):
             self.subscribe(event, self._metadata_changed)
 
@@ -161,6 +164,7 @@ class NSQD:
         deferred_file = None if ephemeral else metadata.deferred_path(self.data_path, queue_name)
         channel = Channel(topic, name, ephemeral, backend, self.opts, self.sweeper, deferred_file)
         channel.restore_deferred()
+        self.policies.attach(channel)
         return channel
 
     def new_backend(self, name: str, ephemeral: bool):
@@ -201,10 +205,12 @@ class NSQD:
         data = metadata.encode_metadata(list(self.topics.values()))
         path = os.path.join(self.data_path, metadata.METADATA_FILE)
         metadata.write_atomic(path, data)
+        self.policies.save()
 
     def load_metadata(self) -> None:
         """Recreate the topics and channels of nsqd.dat with their paused flags."""
         self._loading = True
+        self.policies.load()
         try:
             for entry in metadata.load_metadata(self.data_path):
                 topic = self.get_topic(entry["name"])

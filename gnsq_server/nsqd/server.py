@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import sys
 import time
 
 import gevent
@@ -18,6 +19,7 @@ from ..serving import format_address, listen, run_until_signalled
 from .e2e import E2ELatency
 from .lookup_peer import Lookup
 from .nsqd import NSQD
+from .policy import PolicyError
 from .statsd import StatsdLoop
 from .tcp import TCPHandler
 from .tls import server_context
@@ -175,5 +177,10 @@ def run(opts) -> int:
     """Serve until SIGTERM or SIGINT; the exit status for the CLI."""
     # A file-size limit must fail the write (EFBIG, reported to the publisher), not kill us.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    server = NSQDServer(opts)
+    try:
+        server = NSQDServer(opts)
+    except PolicyError as err:
+        flag = "channel-" + err.field.replace("_", "-")  # the flag (or cfg key) behind it
+        print(f"gnsqd: --{flag}: {err.text}", file=sys.stderr)
+        return 2
     return run_until_signalled(server, background=lambda: govern_gc(server.nsqd))

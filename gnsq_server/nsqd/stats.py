@@ -100,7 +100,7 @@ def channel_stats(
 ) -> dict:
     """One ChannelStats; ``clients`` is None (JSON null) when clients are not asked for."""
     clients = list(channel.clients.values())
-    return {
+    stats = {
         "channel_name": channel.name,
         "depth": channel.depth(),
         "backend_depth": channel.backend_depth(),
@@ -114,6 +114,10 @@ def channel_stats(
         "paused": bool(channel.paused),
         "e2e_processing_latency": e2e(channel),
     }
+    policy = getattr(channel, "policy", None)  # gnsq only: a delivery policy (nsqd/policy.py)
+    if policy is not None:
+        stats["policy"] = policy.stats()
+    return stats
 
 
 def topic_stats(
@@ -340,6 +344,21 @@ def _client_line(client: Mapping[str, Any], now: float) -> str:
     )
 
 
+def _policy_line(policy: Mapping[str, Any]) -> str:
+    """A channel's delivery policy and what it took out (gnsq only)."""
+    ttl = format_duration_ns(policy["msg_ttl"] * 1_000_000)
+    dead, dropped = policy["dead_lettered"], policy["dropped"]
+    return (
+        f"policy: max-attempts: {policy['max_attempts']} msg-ttl: {ttl} "
+        f"max-depth: {policy['max_depth']} ({policy['overflow']}) "
+        f"dlq: {policy['dead_letter_topic']} "
+        f"dead-lettered: {sum(dead.values())} (attempts {dead['max_attempts']}, "
+        f"ttl {dead['msg_ttl']}, depth {dead['max_depth']}) "
+        f"dropped: ttl {dropped['msg_ttl']}, depth {dropped['max_depth']} "
+        f"rejected: {policy['rejected']}"
+    )
+
+
 def render_text(
     doc: Mapping[str, Any], *, now: float | None = None, uptime_ns: int | None = None
 ) -> str:
@@ -377,6 +396,8 @@ def render_text(
                 f"msgs: {channel['message_count']:<8d} "
                 f"e2e%: {_e2e_text(channel['e2e_processing_latency'])}\n"
             )
+            if "policy" in channel:
+                out.append(f"        {_policy_line(channel['policy'])}\n")
             for client in channel["clients"] or ():
                 out.append(f"        {_client_line(client, now)}\n")
 

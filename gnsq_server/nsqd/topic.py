@@ -92,8 +92,9 @@ class Topic:
 
     # -- publishing ---------------------------------------------------------------------
 
-    def publish(self, bodies: list[bytes], defer: float = 0.0) -> None:
-        """Accept a batch all or nothing; `defer` (seconds) holds it back in every channel."""
+    def publish(self, bodies: list[bytes], defer: float = 0.0) -> list[Message]:
+        """Accept a batch all or nothing; `defer` (seconds) holds it back in every channel.
+        Returns the messages (their ids are the ones consumers see)."""
         if self.exiting:
             raise TopicExiting("exiting")
         msgs = self._ids.new_messages(bodies)
@@ -101,6 +102,7 @@ class Topic:
             for msg in msgs:
                 msg.defer = defer
         holding = self._holding() or self.has_backlog()
+        self._admit(len(msgs))
         self._check_room(len(msgs), holding)
         try:
             if holding:
@@ -118,6 +120,13 @@ class Topic:
         self.message_bytes += sum(len(body) for body in bodies)
         if holding:
             self._start_draining()
+        return msgs
+
+    def _admit(self, count: int) -> None:
+        """Channel policies with max_depth may refuse the batch (policy.DepthExceeded)."""
+        for channel in self.channels.values():
+            if channel.policy is not None:
+                channel.policy.admit(count, self)
 
     def _check_room(self, count: int, holding: bool) -> None:
         """Without a disk queue, refuse a batch that would not fit rather than drop it."""

@@ -226,6 +226,17 @@ function renderTopic(r, t, ov) {
     + "</div>");
 }
 
+// A gnsqd delivery policy on one node: its limits and what it took out of the channel.
+function policyLine(p) {
+  const sum = (o) => Object.values(o).reduce((a, b) => a + b, 0);
+  const limits = [p.max_attempts && `max attempts ${num(p.max_attempts)}`,
+    p.msg_ttl && `TTL ${duration(p.msg_ttl * 1e6)}`,
+    p.max_depth && `max depth ${num(p.max_depth)} (${esc(p.overflow)})`].filter(Boolean);
+  return `<p class="policy">Policy on ${esc(p.node)}: ${limits.join(" · ")} · dead letters to
+    <b>${esc(p.dead_letter_topic)}</b>: ${num(sum(p.dead_lettered))} dead-lettered,
+    ${num(sum(p.dropped))} dropped, ${num(p.rejected)} rejected</p>`;
+}
+
 function renderChannel(r, c, ov) {
   patch("s-summary", `<div class="cards">
     <div class="card"><b id="channel-depth">${num(c.depth)}</b> depth</div>
@@ -234,7 +245,8 @@ function renderChannel(r, c, ov) {
     <div class="card"><b>${num(c.requeue_count)}</b> requeued</div>
     <div class="card"><b>${num(c.timeout_count)}</b> timed out</div>
     <div class="card"><b>${num(c.message_count)}</b> messages</div>
-    <div class="card">${c.paused ? '<b class="paused">paused</b>' : "<b>active</b>"}</div></div>`);
+    <div class="card">${c.paused ? '<b class="paused">paused</b>' : "<b>active</b>"}</div></div>
+    ${(c.policies || []).map(policyLine).join("")}`);
   patch("s-actions", `<div class="actions">${channelButtons(r.topic, c)}</div>`);
   patch("s-nodes", `<h2>Nodes</h2><table><thead><tr><th>Node</th><th class="num">Depth</th>
     <th class="num">Memory</th><th class="num">Disk</th><th class="num">In-flight</th>
