@@ -29,9 +29,12 @@ def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
 class AdminCluster:
     """Start with ``start()``, stop with ``stop()``; ``nsqd_http`` lists the nsqds' HTTP URLs."""
 
-    def __init__(self, tmp_path: Path, admin_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, tmp_path: Path, admin_args: tuple[str, ...] = (), extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.tmp_path = tmp_path
-        self.admin_args = admin_args
+        self.admin_args = admin_args  # replace the lookupd address
+        self.extra_args = extra_args  # added to it
         self.processes: list[ServerProcess] = []
         self.nsqds: list[ServerProcess] = []
 
@@ -54,7 +57,7 @@ class AdminCluster:
         self.admin = self._start(
             "gnsqadmin", "--http-address=127.0.0.1:0", "--refresh-interval=300ms",
             *(self.admin_args or (f"--lookupd-http-address=127.0.0.1:{self.lookupd.http_port}",)),
-            expect=("HTTP",),
+            *self.extra_args, expect=("HTTP",),
         )
         return self
 
