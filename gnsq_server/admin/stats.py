@@ -117,6 +117,7 @@ def merge_e2e(parts: list[dict[str, Any]], topic: str, channel: str) -> dict[str
         items = by_quantile[quantile]
         count = sum(p["count"] for p in items)
         average = sum(p["average"] * p["count"] for p in items) / count if count else 0
+        items = [p for p in items if p["count"]] or items  # a node without samples has no min
         percentiles.append({
             "quantile": quantile,
             "max": max(p["max"] for p in items),
