@@ -195,7 +195,7 @@ def create_app(
     @route(app, "/api/nodes", ["GET"])
     def nodes() -> dict[str, Any]:
         producers, message = _upstream(cluster.producers)
-        return {"nodes": producers, "message": message}
+        return {"nodes": [_without(p, GNSQ_NODE_KEYS) for p in producers], "message": message}
 
     @route(app, "/api/nodes/<node>", ["GET", "DELETE"])
     def node(node: str) -> dict[str, Any]:
@@ -284,6 +284,15 @@ def _put_config(opts: Options, opt: str) -> Options:
     except (ValueError, ConfigError, RecursionError):
         raise HTTPError(400, "INVALID_VALUE") from None
     raise HTTPError(400, "INVALID_OPTION")
+
+
+#: Node keys gnsqadmin adds for its own page (the node's name and where requests go); nsqadmin's
+#: ``/api/nodes`` has no such keys.
+GNSQ_NODE_KEYS = ("node", "http_address")
+
+
+def _without(entry: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {key: value for key, value in entry.items() if key not in keys}
 
 
 def _action() -> str:

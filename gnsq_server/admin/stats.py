@@ -33,9 +33,6 @@ def client_stats(node: str, client: dict[str, Any], now: float) -> dict[str, Any
     for key in _CLIENT_BOOLS:
         out[key] = bool(client.get(key))
     out["connected"] = max(0, int(now) - out["connect_ts"]) * 1_000_000_000
-    # gnsq extras: nsqd's client name and state, shown in the UI.
-    out["name"] = client.get("name", "")
-    out["state"] = client.get("state", 0)
     return out
 
 
