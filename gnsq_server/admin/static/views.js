@@ -86,7 +86,7 @@ function e2eTable(summed, perNode) {
   const quantiles = (summed.e2e_processing_latency.percentiles || []).map((p) => p.quantile);
   if (!quantiles.length) return "";
   const cell = (e2e, q, key) => {
-    const p = (e2e.percentiles || []).find((x) => x.quantile === q);
+    const p = e2e.count ? (e2e.percentiles || []).find((x) => x.quantile === q) : null;
     return `<td class="num">${p ? latency(p[key] ?? p.average) : "–"}</td>`;
   };
   const rows = perNode.map((n) => `<tr><td>${nodeLink(n.node)}</td>
