@@ -139,27 +139,6 @@ NSQD_OPTIONS: tuple[Option, ...] = (
     ),
     Option("http-client-connect-timeout", DURATION, 2.0, "timeout for HTTP connect"),
     Option("http-client-request-timeout", DURATION, 5.0, "timeout for HTTP request"),
-    Option(
-        "http-client-tls-insecure-skip-verify", BOOL, False,
-        "configure the HTTP client to skip verification of TLS certificates",
-    ),
-    Option("http-client-tls-root-ca-file", STR, "", "path to CA file for the HTTP client"),
-    Option("http-client-tls-cert", STR, "", "path to certificate file for the HTTP client"),
-    Option("http-client-tls-key", STR, "", "path to key file for the HTTP client"),
-    Option(
-        "allow-config-from-cidr", STR, "127.0.0.1/8",
-        "A CIDR from which to allow HTTP requests to the /config endpoint",
-    ),
-    Option(
-        "acl-http-header", STR, "X-Forwarded-User",
-        "HTTP header to check for authenticated admin users",
-    ),
-    Option(
-        "admin-user", STRS, [],
-        "admin user (may be given multiple times; if specified, only these users will be able to "
-        "perform privileged actions; acl-http-header is used to determine the authenticated user)",
-        cfg="admin_users",
-    ),
     Option("data-path", STR, "", "path to store disk-backed messages"),
     Option(
         "mem-queue-size", INT, 10000,

@@ -273,3 +273,36 @@ def test_config_endpoint(fake: FakeCluster) -> None:
     assert client.put("/config/base_path", data=b"/x").status_code == 400
     outsider = client.get("/config/base_path", environ_base={"REMOTE_ADDR": "10.0.0.9"})
     assert (outsider.status_code, outsider.get_json()) == (403, {"message": "FORBIDDEN"})
+
+
+#: Every flag of nsqadmin 1.3.0 (apps/nsqadmin/main.go).
+NSQADMIN_FLAGS = (
+    "log-level", "log-prefix", "verbose", "http-address", "base-path", "dev-static-dir",
+    "graphite-url", "proxy-graphite", "statsd-counter-format", "statsd-gauge-format",
+    "statsd-prefix", "statsd-interval", "notification-http-endpoint",
+    "http-client-connect-timeout", "http-client-request-timeout",
+    "http-client-tls-insecure-skip-verify", "http-client-tls-root-ca-file", "http-client-tls-cert",
+    "http-client-tls-key", "allow-config-from-cidr", "acl-http-header", "lookupd-http-address",
+    "nsqd-http-address", "admin-user",
+)
+
+
+def test_every_nsqadmin_flag_is_accepted() -> None:
+    flags = {opt.flag for opt in config.option_table("nsqadmin")}
+    assert set(NSQADMIN_FLAGS) <= flags
+    nsqd_flags = {opt.flag for opt in config.option_table("nsqd")}
+    assert "admin-user" not in nsqd_flags and "base-path" not in nsqd_flags
+
+
+def test_an_nsqadmin_config_with_graphite_loads(tmp_path) -> None:
+    path = tmp_path / "nsqadmin.ini"
+    path.write_text(
+        "[nsqadmin]\nnsqlookupd_http_addresses = 127.0.0.1:4161\n"
+        "graphite_url = http://graphite:8080\nproxy_graphite = true\nstatsd_interval = 10s\n"
+        "admin_users = alice\nacl_http_header = X-Auth-User\nbase_path = /nsq\n"
+    )
+    opts = config.load_options("nsqadmin", {}, str(path))
+    assert (opts.graphite_url, opts.proxy_graphite, opts.statsd_interval) == (
+        "http://graphite:8080", True, 10.0)
+    assert (opts.admin_users, opts.acl_http_header, opts.base_path) == (
+        ["alice"], "X-Auth-User", "/nsq")
