@@ -103,7 +103,8 @@ def create_app(
     def notify(action: str, topic: str, channel: str = "", node: str = "") -> None:
         if notifier is not None:
             scheme = "https" if request.headers.get("X-Scheme") == "https" else request.scheme
-            url = f"{scheme}://{request.host}{request.full_path.rstrip('?')}"
+            path = request.script_root + request.full_path.rstrip("?")  # with --base-path
+            url = f"{scheme}://{request.host}{path}"
             notifier.notify(admin_action(
                 action, topic, channel, node,
                 headers=request.headers, remote_addr=_remote_addr(), url=url,
