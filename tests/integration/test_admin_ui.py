@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import subprocess
 from pathlib import Path
 
 import pytest
 import requests
 
+from ..authserver import AuthServer
 from ..conftest import RawConnection
 from ..servers import ServerProcess
+from ..tlscerts import make_certs
 from .test_admin_api import AdminCluster, wait_for
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -100,6 +103,16 @@ def text_of(driver, selector: str) -> str | None:
         return None
 
 
+def shows(driver, selector: str, expected: str, exact: bool = False) -> None:
+    """Wait until the element's text contains (or is) ``expected``: the page re-renders
+    sections as they change, so a single read may find a replaced element."""
+    def check() -> bool:
+        text = text_of(driver, selector)
+        return text is not None and (text == expected if exact else expected in text)
+
+    wait_for(check, what=f"{expected!r} in {selector}")
+
+
 def click(driver, selector: str) -> None:
     def attempt() -> bool:
         try:
@@ -138,7 +151,7 @@ def shoot(driver, name: str) -> None:
 def consume(cluster: AdminCluster, consumers: list, topic: str, channel: str, finish: int,
             client_id: str = "worker-1", sample_rate: int = 0) -> RawConnection:
     """A consumer on nsqd 0 that identifies itself, takes ``finish`` messages and FINs them."""
-    conn = RawConnection(cluster.nsqds[0].tcp_port)
+    conn = RawConnection(cluster.nsqds[0].tcp_port, timeout=15.0)
     consumers.append(conn)
     identify = {"client_id": client_id, "hostname": "ui-host", "user_agent": "ui-test/1.0",
                 "feature_negotiation": True, "sample_rate": sample_rate}
@@ -232,9 +245,9 @@ def test_topic_page_columns_totals_e2e_and_topic_actions(cluster, browser, consu
     # Memory and disk per channel, and E2E percentiles from the node that has samples.
     wait_for(lambda: text_of(browser, 'tr[data-channel="ledger"] td.memory') == "4",
              what="ledger memory depth 4 (2 + 2 unfinished)")
-    assert text_of(browser, 'tr[data-channel="ledger"] td.disk') == "0"
+    shows(browser, 'tr[data-channel="ledger"] td.disk', "0", exact=True)
     wait_for(lambda: "p99" in (text_of(browser, "#e2e-table") or ""), what="the e2e table")
-    assert "Total" in text_of(browser, "#e2e-table tr.total")
+    shows(browser, "#e2e-table tr.total", "Total")
     shoot(browser, "topic")
 
     act(browser, 'button[data-action="pause"]:not([data-channel])', "Pause topic payments")
@@ -260,15 +273,17 @@ def test_topic_page_columns_totals_e2e_and_topic_actions(cluster, browser, consu
 def test_channel_page_clients_and_channel_actions(cluster, browser, consumers):
     cluster.publish(0, "events", 3)
     cluster.publish(1, "events", 1)
-    consume(cluster, consumers, "events", "audit", finish=1, client_id="auditor-7",
+    consume(cluster, consumers, "events", "audit", finish=1, client_id="auditor-1")
+    # A sampling client takes no message here: sampling could skip all three.
+    consume(cluster, consumers, "events", "audit", finish=0, client_id="auditor-7",
             sample_rate=40)
     cluster.create_channel("events", "audit")
     open_page(browser, cluster, "/topics/events/audit", "#clients-table")
     row = 'tr[data-client="auditor-7"]'
     wait_for(lambda: text_of(browser, row), what="the client row")
-    assert "ui-test/1.0" in text_of(browser, row)
-    assert "sample rate 40%" in text_of(browser, f"{row} td.features")
-    assert text_of(browser, f"{row} td.auth") == "no"
+    shows(browser, row, "ui-test/1.0")
+    shows(browser, f"{row} td.features", "sample rate 40%")
+    shows(browser, f"{row} td.auth", "no", exact=True)
     wait_for(lambda: text_of(browser, "#channel-nodes tr.total td.depth") is not None,
              what="the totals row")
     shoot(browser, "channel")
@@ -293,9 +308,11 @@ def test_nodes_and_node_page_with_tombstone(cluster, browser, consumers):
     click(browser, f'tr[data-node="{node}"] a')
     wait_for(lambda: text_of(browser, 'tr.channel[data-channel="metrics/graphs"] td.depth') == "2",
              what="the node page's channel row")
-    assert "grapher" in text_of(browser, "#node-table tr.clients")
+    wait_for(lambda: "grapher" in (text_of(
+        browser, 'tr.channel[data-channel="metrics/graphs"] + tr.clients') or ""),
+        what="the client row under metrics/graphs")
     for column in ("memory", "disk", "inflight", "deferred", "requeued", "timedout", "messages"):
-        assert text_of(browser, f'tr.channel[data-channel="metrics/graphs"] td.{column}')
+        shows(browser, f'tr.channel[data-channel="metrics/graphs"] td.{column}', "")
     shoot(browser, "node")
     act(browser, 'tr.topic[data-topic="metrics"] button[data-action="tombstone"]',
         f"Tombstone topic metrics on node {node}")
@@ -310,7 +327,7 @@ def test_lookup_page_creates_and_deletes(cluster, browser):
     cluster.publish(0, "signups", 2)
     cluster.publish(1, "signups", 1)
     open_page(browser, cluster, "/lookup", "#create-form")
-    assert f"127.0.0.1:{cluster.lookupd.http_port}" in text_of(browser, "#lookupd-hosts")
+    shows(browser, "#lookupd-hosts", f"127.0.0.1:{cluster.lookupd.http_port}")
     # A channel created from the UI exists on every nsqd with the topic, holding its messages.
     form = browser.find_element(By.ID, "create-form")
     form.find_element(By.NAME, "topic").send_keys("signups")
@@ -326,7 +343,7 @@ def test_lookup_page_creates_and_deletes(cluster, browser):
     form.find_element(By.CSS_SELECTOR, "button").click()
     wait_for(lambda: text_of(browser, '#inactive-table tr[data-topic="future"]'),
              what="future listed as registered without producers")
-    assert "later" in text_of(browser, '#inactive-table tr[data-topic="future"]')
+    shows(browser, '#inactive-table tr[data-topic="future"]', "later")
     shoot(browser, "lookup")
     act(browser, 'tr[data-topic="future"] button[data-channel="later"]',
         "Delete channel future/later")
@@ -391,3 +408,47 @@ def test_non_admins_see_no_action_buttons(cluster, browser):
     finally:
         process.stop()
 
+
+
+def test_tls_and_authed_client_details(browser, tmp_path_factory):
+    """A client over TLS that AUTHed shows its TLS version and cipher and its identity."""
+    work = tmp_path_factory.mktemp("tls-auth")
+    certs = make_certs(work)
+    auth = AuthServer().start()
+    started: list[ServerProcess] = []
+    conn = None
+    try:
+        nsqd = ServerProcess(
+            "gnsqd", "--tcp-address=127.0.0.1:0", "--http-address=127.0.0.1:0",
+            "--broadcast-address=127.0.0.1", f"--data-path={work}",
+            f"--tls-cert={certs.server_cert}", f"--tls-key={certs.server_key}",
+            f"--auth-http-address={auth.address}",
+        ).start()
+        started.append(nsqd)
+        admin = ServerProcess(
+            "gnsqadmin", "--http-address=127.0.0.1:0", "--refresh-interval=300ms",
+            f"--nsqd-http-address=127.0.0.1:{nsqd.http_port}",
+        ).start(expect=("HTTP",))
+        started.append(admin)
+        conn = RawConnection(nsqd.tcp_port, timeout=15.0)
+        identify = {"client_id": "secure-1", "feature_negotiation": True, "tls_v1": True}
+        conn.command(b"IDENTIFY", json.dumps(identify).encode())
+        conn.read_frame()
+        context = ssl.create_default_context(cafile=str(certs.ca))
+        conn.sock = context.wrap_socket(conn.sock, server_hostname="127.0.0.1")
+        assert conn.read_frame() == (0, b"OK")
+        conn.command(b"AUTH", b"good")
+        assert conn.read_frame()[0] == 0
+        conn.command(b"SUB auth_ok.orders c")
+        assert conn.read_frame() == (0, b"OK")
+        browser.get(f"http://127.0.0.1:{admin.http_port}/topics/auth_ok.orders/c")
+        row = 'tr[data-client="secure-1"]'
+        shows(browser, f"{row} td.auth", "yes (fixture-user)", exact=True)
+        shows(browser, f"{row} td.features", "TLS1.")
+        shoot(browser, "channel-tls")
+    finally:
+        if conn is not None:
+            conn.close()
+        for process in reversed(started):
+            process.stop()
+        auth.stop()

@@ -115,7 +115,7 @@ def test_connect_timeout_bounds_the_connect_and_request_timeout_the_reply(upstre
     assert reply.status_code == 200
     assert [n["hostname"] for n in reply.json()["nodes"]] == ["slowbox"]
     assert "timed out" in reply.json()["message"]
-    assert 1.9 <= elapsed < 4.0
+    assert 1.9 <= elapsed < 6.0  # cut by the 2 s request timeout, not the 0.3 s connect one
 
 
 def test_failed_upstreams_are_one_line_each_without_traceback(upstreams, admin):

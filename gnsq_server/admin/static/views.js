@@ -156,14 +156,14 @@ function renderTopic(r, t, ov) {
 // --- one channel ---------------------------------------------------------------------------
 
 function clientFeatures(k) {
-  const tls = k.tls ? `TLS ${esc(k.tls_version)} ${esc(k.tls_cipher_suite)}${k.tls_negotiated_protocol_is_mutual ? " (mutual)" : ""}` : "";
+  const tls = k.tls ? `${esc(k.tls_version || "TLS")} ${esc(k.tls_cipher_suite)}${k.tls_negotiated_protocol_is_mutual ? " (mutual)" : ""}` : "";
   return [tls, k.deflate && "deflate", k.snappy && "snappy",
     k.sample_rate > 0 && `sample rate ${k.sample_rate}%`].filter(Boolean).join(", ");
 }
 
 function clientAuth(k) {
   if (!k.authed) return '<span class="muted">no</span>';
-  const who = k.auth_identity_url
+  const who = /^https?:\/\//.test(k.auth_identity_url || "")
     ? `<a href="${esc(k.auth_identity_url)}" rel="noopener noreferrer">${esc(k.auth_identity)}</a>`
     : esc(k.auth_identity);
   return `yes${who ? ` (${who})` : ""}`;
