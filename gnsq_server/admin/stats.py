@@ -44,7 +44,7 @@ def node_channel_stats(
     clients = [client_stats(node, c, now) for c in channel.get("clients") or []]
     depth = int(channel.get("depth", 0))
     backend = int(channel.get("backend_depth", 0))
-    return {
+    stats = {
         "node": node,
         "hostname": producer["hostname"],
         "topic_name": topic,
@@ -64,6 +64,9 @@ def node_channel_stats(
         "e2e_processing_latency": node_e2e(channel.get("e2e_processing_latency"), topic,
                                            channel["channel_name"], node),
     }
+    if "policy" in channel:  # a gnsqd delivery policy (dead letters, TTL, max depth)
+        stats["policy"] = channel["policy"]
+    return stats
 
 
 def node_topic_stats(producer: dict[str, Any], topic: dict[str, Any], now: float) -> dict[str, Any]:
@@ -145,6 +148,9 @@ def aggregate_channel(topic: str, name: str, per_node: list[dict[str, Any]]) -> 
     out["e2e_processing_latency"] = merge_e2e(
         [c["e2e_processing_latency"] for c in per_node], topic, name
     )
+    policies = [{"node": c["node"], **c["policy"]} for c in per_node if "policy" in c]
+    if policies:
+        out["policies"] = policies
     return out
 
 

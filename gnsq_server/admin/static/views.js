@@ -187,6 +187,17 @@ function clientHeads(withNode) {
     <th>TLS / features</th>`;
 }
 
+// A gnsqd delivery policy on one node: its limits and what it took out of the channel.
+function policyLine(p) {
+  const sum = (o) => Object.values(o).reduce((a, b) => a + b, 0);
+  const limits = [p.max_attempts && `max attempts ${num(p.max_attempts)}`,
+    p.msg_ttl && `TTL ${duration(p.msg_ttl * 1e6)}`,
+    p.max_depth && `max depth ${num(p.max_depth)} (${esc(p.overflow)})`].filter(Boolean);
+  return `<p class="policy">Policy on ${esc(p.node)}: ${limits.join(" · ")} · dead letters to
+    <b>${esc(p.dead_letter_topic)}</b>: ${num(sum(p.dead_lettered))} dead-lettered,
+    ${num(sum(p.dropped))} dropped, ${num(p.rejected)} rejected</p>`;
+}
+
 function renderChannel(r, c, ov) {
   if (!c.channel_name) {
     ["summary", "actions", "nodes", "e2e", "clients", "charts"].forEach((s) => patch(`s-${s}`, ""));
@@ -196,7 +207,8 @@ function renderChannel(r, c, ov) {
   patch("s-summary", cards([[num(c.depth), "depth", "channel-depth"], [num(c.memory_depth), "in memory"],
     [num(c.backend_depth), "on disk"], [num(c.in_flight_count), "in flight"],
     [num(c.deferred_count), "deferred"], [num(c.requeue_count), "requeued"],
-    [num(c.timeout_count), "timed out"], [num(c.message_count), "messages"], stateCard(c.paused)]));
+    [num(c.timeout_count), "timed out"], [num(c.message_count), "messages"], stateCard(c.paused)])
+    + (c.policies || []).map(policyLine).join(""));
   patch("s-actions", `<div class="actions">${channelButtons(r.topic, c)}</div>`);
   const rows = c.nodes.map((n) => `<tr data-node="${esc(n.node)}">
     <td>${nodeLink(n.node)} <span class="muted">${esc(n.hostname)}</span> ${badge(n.paused)}</td>
