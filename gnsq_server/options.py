@@ -300,7 +300,34 @@ NSQLOOKUPD_OPTIONS: tuple[Option, ...] = (
 NSQADMIN_OPTIONS: tuple[Option, ...] = (
     *_COMMON_LOG,
     Option("log-prefix", STR, "[nsqadmin] ", "log message prefix"),
+    Option("verbose", IGNORED, None, "[deprecated] has no effect, use --log-level"),
     Option("http-address", STR, "0.0.0.0:4171", "<addr>:<port> to listen on for HTTP clients"),
+    Option("base-path", STR, "/", "URL base path"),
+    Option("dev-static-dir", STR, "", "(development use only) [unused by gnsqadmin]"),
+    # nsqadmin reads rates from graphite; gnsqadmin samples them itself (built-in charts). These
+    # flags are accepted so an nsqadmin config starts, and have no effect.
+    Option("graphite-url", STR, "", "graphite HTTP address [unsupported: charts are built in]"),
+    Option("proxy-graphite", BOOL, False, "proxy HTTP requests to graphite [unsupported]"),
+    Option(
+        "statsd-counter-format", STR, "stats.counters.%s.count",
+        "the counter stats key formatting of statsd [unsupported: graphite only]",
+    ),
+    Option(
+        "statsd-gauge-format", STR, "stats.gauges.%s",
+        "the gauge stats key formatting of statsd [unsupported: graphite only]",
+    ),
+    Option(
+        "statsd-prefix", STR, "nsq.%s",
+        "prefix used for keys sent to statsd [unsupported: graphite only]",
+    ),
+    Option(
+        "statsd-interval", DURATION, 60.0,
+        "time interval nsqd is configured to push to statsd [unsupported: graphite only]",
+    ),
+    Option(
+        "notification-http-endpoint", STR, "",
+        "HTTP endpoint (fully qualified) to which POST notifications of admin actions will be sent",
+    ),
     Option(
         "lookupd-http-address", STRS, [], "lookupd HTTP address (may be given multiple times)",
         cfg="nsqlookupd_http_addresses",
@@ -311,6 +338,27 @@ NSQADMIN_OPTIONS: tuple[Option, ...] = (
     ),
     Option("http-client-connect-timeout", DURATION, 2.0, "timeout for HTTP connect"),
     Option("http-client-request-timeout", DURATION, 5.0, "timeout for HTTP request"),
+    Option(
+        "http-client-tls-insecure-skip-verify", BOOL, False,
+        "configure the HTTP client to skip verification of TLS certificates",
+    ),
+    Option("http-client-tls-root-ca-file", STR, "", "path to CA file for the HTTP client"),
+    Option("http-client-tls-cert", STR, "", "path to certificate file for the HTTP client"),
+    Option("http-client-tls-key", STR, "", "path to key file for the HTTP client"),
+    Option(
+        "allow-config-from-cidr", STR, "127.0.0.1/8",
+        "A CIDR from which to allow HTTP requests to the /config endpoint",
+    ),
+    Option(
+        "acl-http-header", STR, "X-Forwarded-User",
+        "HTTP header to check for authenticated admin users",
+    ),
+    Option(
+        "admin-user", STRS, [],
+        "admin user (may be given multiple times; if specified, only these users will be able to "
+        "perform privileged actions; acl-http-header is used to determine the authenticated user)",
+        cfg="admin_users",
+    ),
     # gnsq-only options below this line.
     Option(
         "refresh-interval", DURATION, 2.0,

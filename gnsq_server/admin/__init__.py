@@ -1,7 +1,9 @@
 """gnsqadmin: a web UI and nsqadmin-compatible JSON API over the daemons' HTTP APIs.
 
-``cluster`` reads and acts on nsqlookupd/nsqd (through an injected fetch function), ``rates``
-keeps message-rate history for the charts, ``app`` is the Flask app and ``server`` the lifecycle.
+``cluster`` reads and acts on nsqlookupd/nsqd (through an injected fetch function), ``stats``
+sums nsqd ``/stats`` into nsqadmin's shapes, ``rates`` keeps message-rate history for the charts,
+``access`` decides who may act, ``notify`` announces actions, ``client`` is the HTTP client,
+``app`` is the Flask app and ``server`` the lifecycle.
 """
 
 from gnsq_server.admin.cluster import ClusterInfo, UpstreamError

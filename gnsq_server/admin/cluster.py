@@ -18,6 +18,12 @@ from urllib.parse import urlencode
 
 import gevent
 
+from gnsq_server.admin.stats import (
+    aggregate_topic,
+    aggregate_topics,
+    node_topic_stats,
+)
+
 #: ``fetch(method, url)`` returns the decoded JSON body (None when empty) or raises.
 Fetch = Callable[[str, str], Any]
 
@@ -121,180 +127,6 @@ def find_node(producers: Iterable[dict[str, Any]], node: str) -> dict[str, Any] 
     return next((p for p in producers if node in (p["node"], p["http_address"])), None)
 
 
-# --- stats -----------------------------------------------------------------------------------
-
-
-def client_stats(node: str, client: dict[str, Any], now: float) -> dict[str, Any]:
-    """One nsqd client entry in nsqadmin's shape (``connected`` in nanoseconds)."""
-    connect_ts = int(client.get("connect_ts", 0))
-    keys = (
-        "version", "client_id", "hostname", "user_agent", "connect_ts", "in_flight_count",
-        "ready_count", "finish_count", "requeue_count", "message_count", "sample_rate",
-        "deflate", "snappy", "authed", "auth_identity", "auth_identity_url", "tls",
-        "tls_cipher_suite", "tls_version", "tls_negotiated_protocol",
-        "tls_negotiated_protocol_is_mutual",
-    )
-    out: dict[str, Any] = {"node": node, "remote_address": client.get("remote_address", "")}
-    out["name"] = client.get("name", "")
-    for key in keys:
-        out[key] = client.get(key, "" if key.startswith(("tls_", "auth_")) else 0)
-    out["connected"] = max(0, int(now) - connect_ts) * 1_000_000_000
-    out["state"] = client.get("state", 0)
-    return out
-
-
-def node_channel_stats(
-    producer: dict[str, Any], topic: str, channel: dict[str, Any], now: float
-) -> dict[str, Any]:
-    """One node's channel, as nsqadmin's ChannelStats (``memory_depth`` = depth - backend)."""
-    node = producer["node"]
-    clients = [client_stats(node, c, now) for c in channel.get("clients") or []]
-    depth = int(channel.get("depth", 0))
-    backend = int(channel.get("backend_depth", 0))
-    stats = {
-        "node": node,
-        "hostname": producer["hostname"],
-        "topic_name": topic,
-        "channel_name": channel["channel_name"],
-        "depth": depth,
-        "memory_depth": depth - backend,
-        "backend_depth": backend,
-        "in_flight_count": int(channel.get("in_flight_count", 0)),
-        "deferred_count": int(channel.get("deferred_count", 0)),
-        "requeue_count": int(channel.get("requeue_count", 0)),
-        "timeout_count": int(channel.get("timeout_count", 0)),
-        "message_count": int(channel.get("message_count", 0)),
-        "client_count": int(channel.get("client_count", len(clients))),
-        "nodes": [],
-        "clients": sorted(clients, key=lambda c: (c["hostname"], c["client_id"])),
-        "paused": bool(channel.get("paused", False)),
-        "e2e_processing_latency": _e2e(channel.get("e2e_processing_latency"), topic,
-                                       channel["channel_name"], node),
-    }
-    if "policy" in channel:  # a gnsqd delivery policy (dead letters, TTL, max depth)
-        stats["policy"] = channel["policy"]
-    return stats
-
-
-def node_topic_stats(producer: dict[str, Any], topic: dict[str, Any], now: float) -> dict[str, Any]:
-    """One node's topic, as nsqadmin's TopicStats, with that node's channels."""
-    name = topic["topic_name"]
-    depth = int(topic.get("depth", 0))
-    backend = int(topic.get("backend_depth", 0))
-    return {
-        "node": producer["node"],
-        "hostname": producer["hostname"],
-        "topic_name": name,
-        "depth": depth,
-        "memory_depth": depth - backend,
-        "backend_depth": backend,
-        "message_count": int(topic.get("message_count", 0)),
-        "nodes": [],
-        "channels": [
-            node_channel_stats(producer, name, channel, now)
-            for channel in topic.get("channels") or []
-        ],
-        "paused": bool(topic.get("paused", False)),
-        "e2e_processing_latency": _e2e(topic.get("e2e_processing_latency"), name, "",
-                                       producer["node"]),
-    }
-
-
-def _e2e(raw: dict[str, Any] | None, topic: str, channel: str, host: str) -> dict[str, Any]:
-    """nsqadmin's E2eProcessingLatencyAggregate for one node's ``e2e_processing_latency``."""
-    percentiles = [
-        {"quantile": p["quantile"], "max": p["value"], "min": p["value"],
-         "average": p["value"], "count": 1}
-        for p in (raw or {}).get("percentiles") or []
-    ]
-    count = int((raw or {}).get("count", 0))
-    return {"count": count, "percentiles": percentiles, "topic": topic, "channel": channel,
-            "host": host}
-
-
-def _merge_e2e(parts: list[dict[str, Any]], topic: str, channel: str) -> dict[str, Any]:
-    by_quantile: dict[float, list[dict[str, Any]]] = {}
-    for part in parts:
-        for p in part["percentiles"]:
-            by_quantile.setdefault(p["quantile"], []).append(p)
-    percentiles = []
-    for quantile in sorted(by_quantile, reverse=True):
-        items = by_quantile[quantile]
-        count = sum(p["count"] for p in items)
-        percentiles.append({
-            "quantile": quantile,
-            "max": max(p["max"] for p in items),
-            "min": min(p["min"] for p in items),
-            "average": sum(p["average"] * p["count"] for p in items) / count,
-            "count": count,
-        })
-    return {"count": sum(p["count"] for p in parts), "percentiles": percentiles,
-            "topic": topic, "channel": channel, "host": "*"}
-
-
-_SUMMED_CHANNEL = (
-    "depth", "memory_depth", "backend_depth", "in_flight_count", "deferred_count",
-    "requeue_count", "timeout_count", "message_count", "client_count",
-)
-
-
-def aggregate_channel(topic: str, name: str, per_node: list[dict[str, Any]]) -> dict[str, Any]:
-    """A channel summed over nodes (``node`` is ``*``), with ``nodes`` and all clients."""
-    per_node = sorted(per_node, key=lambda c: (c["hostname"], c["node"]))
-    out: dict[str, Any] = {"node": "*", "hostname": "", "topic_name": topic, "channel_name": name}
-    for key in _SUMMED_CHANNEL:
-        out[key] = sum(c[key] for c in per_node)
-    out["nodes"] = per_node
-    clients = [client for c in per_node for client in c["clients"]]
-    out["clients"] = sorted(clients, key=lambda c: (c["hostname"], c["client_id"]))
-    out["paused"] = any(c["paused"] for c in per_node)
-    out["e2e_processing_latency"] = _merge_e2e(
-        [c["e2e_processing_latency"] for c in per_node], topic, name
-    )
-    policies = [{"node": c["node"], **c["policy"]} for c in per_node if "policy" in c]
-    if policies:
-        out["policies"] = policies
-    return out
-
-
-def aggregate_topic(name: str, per_node: list[dict[str, Any]]) -> dict[str, Any]:
-    """A topic summed over nodes: ``nodes`` holds each node's entry, ``channels`` the sums."""
-    per_node = sorted(per_node, key=lambda t: (t["hostname"], t["node"]))
-    channels: dict[str, list[dict[str, Any]]] = {}
-    for topic in per_node:
-        for channel in topic["channels"]:
-            channels.setdefault(channel["channel_name"], []).append(channel)
-    return {
-        "node": "*",
-        "hostname": "",
-        "topic_name": name,
-        "depth": sum(t["depth"] for t in per_node),
-        "memory_depth": sum(t["memory_depth"] for t in per_node),
-        "backend_depth": sum(t["backend_depth"] for t in per_node),
-        "message_count": sum(t["message_count"] for t in per_node),
-        "nodes": per_node,
-        "channels": [aggregate_channel(name, c, channels[c]) for c in sorted(channels)],
-        "paused": any(t["paused"] for t in per_node),
-        "e2e_processing_latency": _merge_e2e(
-            [t["e2e_processing_latency"] for t in per_node], name, ""
-        ),
-    }
-
-
-def aggregate_topics(
-    node_stats: Iterable[tuple[dict[str, Any], dict[str, Any]]], now: float,
-    names: Iterable[str] = (),
-) -> list[dict[str, Any]]:
-    """Every topic in (producer, ``/stats`` document) pairs, summed; ``names`` adds empty ones."""
-    per_topic: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for producer, stats in node_stats:
-        for topic in (stats or {}).get("topics") or []:
-            per_topic.setdefault(topic["topic_name"], []).append(
-                node_topic_stats(producer, topic, now)
-            )
-    return [aggregate_topic(name, per_topic[name]) for name in sorted(per_topic)]
-
-
 def warning(messages: list[str]) -> str:
     """nsqadmin's ``message`` field: empty, or ``WARNING: a; b``."""
     return "WARNING: " + "; ".join(messages) if messages else ""
@@ -327,23 +159,28 @@ class ClusterInfo:
     ) -> list[tuple[int, Any]]:
         """Run (method, url) requests in parallel: (index, reply) of the ones that succeeded."""
 
-        def call(method: str, url: str) -> Any:
-            return self.fetch(method, url)
-
-        jobs = [gevent.spawn(call, method, url) for method, url in requests]
+        jobs = [gevent.spawn(self._call, method, url) for method, url in requests]
         gevent.joinall(jobs)
         results: list[tuple[int, Any]] = []
         failures: list[str] = []
         for index, job in enumerate(jobs):
-            if job.successful():
-                results.append((index, job.value))
+            ok, value = job.value
+            if ok:
+                results.append((index, value))
             else:
                 method, url = requests[index]
-                failures.append(f"{method} {url}: {job.exception}")
+                failures.append(f"{method} {url}: {value}")
         if failures and not results:
             raise UpstreamError("; ".join(failures))
         errors.extend(failures)
         return results
+
+    def _call(self, method: str, url: str) -> tuple[bool, Any]:
+        """(True, reply) or (False, error): a greenlet that raised would print a traceback."""
+        try:
+            return True, self.fetch(method, url)
+        except Exception as exc:  # any failure of one daemon is that daemon's warning
+            return False, exc
 
     # reads
 
@@ -382,10 +219,23 @@ class ClusterInfo:
         return merge_producers(lookupd_replies, nsqd_replies)
 
     def topic_producers(self, topic: str, errors: list[str]) -> list[dict[str, Any]]:
-        """The nodes that have ``topic`` (tombstoned ones included, so actions reach them)."""
-        return [
+        """The nodes that have ``topic`` (tombstoned ones included, so actions reach them).
+
+        A topic no node has must at least be registered in a lookupd, else UpstreamError with
+        ``TOPIC_NOT_FOUND``, as nsqadmin answers (its lookupd ``/lookup`` gives 404).
+        """
+        producers = [
             p for p in self.producers(errors) if any(t["topic"] == topic for t in p["topics"])
         ]
+        if not producers:
+            self._require_registered(topic, errors)
+        return producers
+
+    def _require_registered(self, topic: str, errors: list[str]) -> None:
+        if not self.lookupd_addresses:
+            raise UpstreamError("failed to query any nsqd: TOPIC_NOT_FOUND")
+        if topic not in self.topics(errors):
+            raise UpstreamError("failed to query any nsqlookupd: TOPIC_NOT_FOUND")
 
     def nsqd_stats(
         self,
@@ -411,11 +261,10 @@ class ClusterInfo:
         found = aggregate_topics(stats, self.clock())
         return next((t for t in found if t["topic_name"] == topic), aggregate_topic(topic, []))
 
-    def channel_stats(self, topic: str, channel: str, errors: list[str]) -> dict[str, Any]:
-        """One channel summed over nodes, with its clients."""
+    def channel_stats(self, topic: str, channel: str, errors: list[str]) -> dict[str, Any] | None:
+        """One channel summed over nodes, with its clients; None if no node has it."""
         summed = self.topic_stats(topic, errors)
-        found = next((c for c in summed["channels"] if c["channel_name"] == channel), None)
-        return found or aggregate_channel(topic, channel, [])
+        return next((c for c in summed["channels"] if c["channel_name"] == channel), None)
 
     def node_stats(self, node: str, errors: list[str]) -> dict[str, Any] | None:
         """One node's topics (nsqadmin's ``/api/nodes/<node>``); None if no such node."""
@@ -450,14 +299,19 @@ class ClusterInfo:
             self._gather(requests, errors)
 
     def create_topic_channel(self, topic: str, channel: str, errors: list[str]) -> None:
-        """Create on every lookupd (nsqds create it when producers or consumers arrive)."""
+        """Register the topic (and channel) on every lookupd; a channel is also created on every
+        nsqd that has the topic, so it keeps the messages published before its first consumer.
+        """
         requests = [("POST", http_url(a, "/topic/create", {"topic": topic}))
                     for a in self.lookupd_addresses]
         if channel:
-            requests += [
-                ("POST", http_url(a, "/channel/create", {"topic": topic, "channel": channel}))
-                for a in self.lookupd_addresses
-            ]
+            params = {"topic": topic, "channel": channel}
+            requests += [("POST", http_url(a, "/channel/create", params))
+                         for a in self.lookupd_addresses]
+            producers = [p for p in self.producers(errors)
+                         if any(t["topic"] == topic and not t["tombstoned"] for t in p["topics"])]
+            requests += [("POST", http_url(p["http_address"], "/channel/create", params))
+                         for p in producers]
         self._post_all(requests, errors)
 
     def topic_action(self, topic: str, action: str, errors: list[str]) -> None:
@@ -499,13 +353,18 @@ class ClusterInfo:
         self._post_all(requests, errors)
 
     def tombstone_topic(self, topic: str, node: str, errors: list[str]) -> None:
-        """Tombstone ``node``'s registration of ``topic`` on every lookupd."""
+        """Tombstone ``node``'s registration of ``topic`` on every lookupd, then delete the topic
+        on that node: a tombstone alone lapses when the node registers the topic again."""
+        producer = find_node(self.producers(errors), node)
+        if producer is None:  # nsqadmin would dial whatever address the URL names
+            raise UpstreamError(f"failed to query any nsqd: NODE_NOT_FOUND {node}")
         params = {"topic": topic, "node": node}
         self._post_all(
             [("POST", http_url(a, "/topic/tombstone", params)) for a in self.lookupd_addresses],
             errors,
         )
-
+        delete = http_url(producer["http_address"], "/topic/delete", {"topic": topic})
+        self._gather([("POST", delete)], errors)
 
     def inactive_topics(self, errors: list[str]) -> dict[str, list[str]]:
         """Lookupd topics that no node has, each with its lookupd channels (``?inactive=true``)."""

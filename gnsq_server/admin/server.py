@@ -1,17 +1,23 @@
-"""Wiring and lifecycle of gnsqadmin: the HTTP listener and the rate sampler."""
+"""Wiring and lifecycle of gnsqadmin: the HTTP listener (under ``--base-path``), the rate
+sampler and the notification sender."""
 
 from __future__ import annotations
 
 import logging
+import ssl
+import sys
 import time
 
 import gevent
 import gevent.event
 from gevent.pywsgi import WSGIServer
+from werkzeug.exceptions import NotFound
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from gnsq_server.admin.app import create_app
-from gnsq_server.admin.client import HTTPFetcher
+from gnsq_server.admin.client import HTTPFetcher, tls_context
 from gnsq_server.admin.cluster import ClusterInfo, UpstreamError
+from gnsq_server.admin.notify import Notifier
 from gnsq_server.admin.rates import RateHistory
 from gnsq_server.config import Options
 from gnsq_server.httpapi import make_server
@@ -27,12 +33,26 @@ class AdminServer:
 
     def __init__(self, opts: Options) -> None:
         self.opts = opts
-        fetch = HTTPFetcher(opts.http_client_connect_timeout, opts.http_client_request_timeout)
+        tls = tls_context(
+            opts.http_client_tls_insecure_skip_verify, opts.http_client_tls_root_ca_file,
+            opts.http_client_tls_cert, opts.http_client_tls_key,
+        )
+        fetch = HTTPFetcher(
+            opts.http_client_connect_timeout, opts.http_client_request_timeout, tls
+        )
         self.cluster = ClusterInfo(
             fetch, opts.nsqlookupd_http_addresses, opts.nsqd_http_addresses
         )
         self.history = RateHistory(min_interval=opts.refresh_interval / 2)
-        self.app = create_app(self.cluster, self.history, opts.refresh_interval)
+        self.notifier = Notifier(
+            opts.notification_http_endpoint, lambda url, body: fetch("POST", url, body)
+        )
+        self.app = create_app(
+            self.cluster, self.history, opts.refresh_interval, opts=opts, notifier=self.notifier
+        )
+        base = base_path(opts.base_path)
+        if base:
+            self.app.wsgi_app = DispatcherMiddleware(NotFound(), {base: self.app.wsgi_app})
         self.http_port: int | None = None
         self._http_server: WSGIServer | None = None
         self._sampler: gevent.Greenlet | None = None
@@ -67,6 +87,7 @@ class AdminServer:
 
     def stop(self) -> None:
         """Stop sampling and close the listener, letting requests finish for a moment."""
+        self.notifier.stop()
         if self._sampler is not None:
             self._sampler.kill()
             self._sampler = None
@@ -75,6 +96,30 @@ class AdminServer:
             self._http_server = None
 
 
+def base_path(text: str) -> str:
+    """``--base-path`` as a WSGI mount point: ``/admin/`` -> ``/admin``, ``/`` -> ``""``."""
+    return "/" + "/".join(part for part in text.split("/") if part) if text.strip("/") else ""
+
+
+def option_problem(opts: Options) -> str:
+    """What nsqadmin refuses at startup beyond the option table's checks, else ``""``."""
+    if bool(opts.http_client_tls_cert) != bool(opts.http_client_tls_key):
+        return "--http-client-tls-cert and --http-client-tls-key must be given together"
+    if opts.graphite_url or opts.proxy_graphite:
+        logger.warning("graphite is not supported: --graphite-url and --proxy-graphite are "
+                       "ignored; the charts are built in")
+    return ""
+
+
 def run(opts: Options) -> int:
-    """Run until SIGTERM or SIGINT; 0 after a clean stop, 1 when the listener cannot be bound."""
-    return run_until_signalled(AdminServer(opts))
+    """Run until SIGTERM or SIGINT; 0 after a clean stop, 1 when the listener cannot be bound,
+    2 for options nsqadmin refuses (or TLS files that cannot be loaded)."""
+    try:
+        problem = option_problem(opts)
+        server = None if problem else AdminServer(opts)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        problem = f"cannot set up the HTTP client - {exc}"
+    if problem:
+        print(f"gnsqadmin: {problem}", file=sys.stderr)
+        return 2
+    return run_until_signalled(server)

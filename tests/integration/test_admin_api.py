@@ -29,9 +29,14 @@ def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
 class AdminCluster:
     """Start with ``start()``, stop with ``stop()``; ``nsqd_http`` lists the nsqds' HTTP URLs."""
 
-    def __init__(self, tmp_path: Path, admin_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, tmp_path: Path, admin_args: tuple[str, ...] = (), extra_args: tuple[str, ...] = (),
+        nsqd_args: tuple[str, ...] = (),
+    ) -> None:
         self.tmp_path = tmp_path
-        self.admin_args = admin_args
+        self.nsqd_args = nsqd_args
+        self.admin_args = admin_args  # replace the lookupd address
+        self.extra_args = extra_args  # added to it
         self.processes: list[ServerProcess] = []
         self.nsqds: list[ServerProcess] = []
 
@@ -48,13 +53,13 @@ class AdminCluster:
             data.mkdir()
             self.nsqds.append(self._start(
                 "gnsqd", "--tcp-address=127.0.0.1:0", *local, f"--data-path={data}",
-                f"--lookupd-tcp-address=127.0.0.1:{self.lookupd.tcp_port}",
+                f"--lookupd-tcp-address=127.0.0.1:{self.lookupd.tcp_port}", *self.nsqd_args,
             ))
         wait_for(lambda: len(self.lookupd_get("/nodes")["producers"]) == 2, what="registration")
         self.admin = self._start(
             "gnsqadmin", "--http-address=127.0.0.1:0", "--refresh-interval=300ms",
             *(self.admin_args or (f"--lookupd-http-address=127.0.0.1:{self.lookupd.http_port}",)),
-            expect=("HTTP",),
+            *self.extra_args, expect=("HTTP",),
         )
         return self
 

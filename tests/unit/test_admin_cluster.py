@@ -130,9 +130,38 @@ def test_e2e_percentiles_are_merged() -> None:
     (t,) = aggregate_topics([(p1, {"topics": [doc]}), (p2, {"topics": [doc2]})], NOW)
     e2e = t["e2e_processing_latency"]
     assert e2e["count"] == 3
+    # Weighted by each node's sample count (2 and 1), as nsqadmin does: (2*10 + 1*40) / 3.
     assert e2e["percentiles"] == [
-        {"quantile": 0.99, "max": 40, "min": 10, "average": 25.0, "count": 2}
+        {"quantile": 0.99, "max": 40, "min": 10, "average": 20.0, "count": 3}
     ]
+    node_entry = t["nodes"][0]["e2e_processing_latency"]["percentiles"][0]
+    assert node_entry == {"quantile": 0.99, "value": 10, "max": 10, "min": 10, "average": 10,
+                          "count": 2}
+
+
+def test_e2e_node_without_samples_does_not_halve_the_percentile() -> None:
+    """The issue's case: one node has every sample; nsqadmin shows its p99 unchanged."""
+    p1 = merge_producers([("l", {"producers": [peer(4150)]})])[0]
+    p2 = merge_producers([("l", {"producers": [peer(5150)]})])[0]
+    busy, idle = topic("orders", 0), topic("orders", 0)
+    busy["e2e_processing_latency"] = {
+        "count": 500, "percentiles": [{"quantile": 0.99, "value": 34365450}]}
+    idle["e2e_processing_latency"] = {"count": 0, "percentiles": [{"quantile": 0.99, "value": 0}]}
+    (t,) = aggregate_topics([(p1, {"topics": [busy]}), (p2, {"topics": [idle]})], NOW)
+    (p99,) = t["e2e_processing_latency"]["percentiles"]
+    assert p99["average"] == 34365450 and p99["count"] == 500
+
+
+def test_client_booleans_are_booleans() -> None:
+    """nsqd may send 0/1; nsqadmin's ClientStats has bools (``authed`` false, never 0)."""
+    (p1,) = merge_producers([("l", {"producers": [peer(4150)]})])
+    doc = topic("t", 0, [channel("c", 0, clients=[{"authed": 0, "tls": 1, "snappy": False,
+                                                    "client_id": "w1", "sample_rate": 25}])])
+    (t,) = aggregate_topics([(p1, {"topics": [doc]})], NOW)
+    (client,) = t["channels"][0]["clients"]
+    assert client["authed"] is False and client["tls"] is True and client["snappy"] is False
+    assert client["deflate"] is False and client["tls_negotiated_protocol_is_mutual"] is False
+    assert (client["client_id"], client["sample_rate"]) == ("w1", 25)
 
 
 class FakeCluster:
@@ -195,14 +224,63 @@ def test_actions_post_to_every_node_with_the_topic_and_every_lookupd() -> None:
         ("l1/topic/delete", {"topic": "t"}),
     ]
     fake.calls.clear()
+    # Tombstoning also deletes the topic on that node, or it re-registers within seconds.
     cluster.tombstone_topic("t", "127.0.0.1:4151", [])
-    assert fake.posts() == [("l1/topic/tombstone", {"topic": "t", "node": "127.0.0.1:4151"})]
+    assert fake.posts() == [
+        ("127.0.0.1:4151/topic/delete", {"topic": "t"}),
+        ("l1/topic/tombstone", {"topic": "t", "node": "127.0.0.1:4151"}),
+    ]
     fake.calls.clear()
+    with pytest.raises(UpstreamError, match="NODE_NOT_FOUND"):
+        cluster.tombstone_topic("t", "10.9.9.9:4151", [])
+    assert fake.posts() == []
     cluster.create_topic_channel("n", "c", [])
     assert fake.posts() == [
         ("l1/channel/create", {"topic": "n", "channel": "c"}),
         ("l1/topic/create", {"topic": "n"}),
     ]
+    fake.calls.clear()
+    # A channel is created on every nsqd with the topic too, so it keeps what is published.
+    cluster.create_topic_channel("t", "c2", [])
+    assert fake.posts() == [
+        ("127.0.0.1:4151/channel/create", {"topic": "t", "channel": "c2"}),
+        ("127.0.0.1:5151/channel/create", {"topic": "t", "channel": "c2"}),
+        ("l1/channel/create", {"topic": "t", "channel": "c2"}),
+        ("l1/topic/create", {"topic": "t"}),
+    ]
+
+
+def test_unknown_topic_is_topic_not_found_and_unknown_channel_none() -> None:
+    cluster = ClusterInfo(two_node_cluster(), ["l1"], clock=lambda: NOW)
+    for call in (lambda e: cluster.topic_stats("nope", e),
+                 lambda e: cluster.channel_stats("nope", "c", e),
+                 lambda e: cluster.topic_action("nope", "pause", e),
+                 lambda e: cluster.delete_channel("nope", "c", e)):
+        with pytest.raises(UpstreamError, match="TOPIC_NOT_FOUND"):
+            call([])
+    assert cluster.channel_stats("t", "nope", []) is None
+    # Registered in lookupd without producers: found, with no nodes.
+    assert cluster.topic_stats("lonely", [])["nodes"] == []
+    fake = two_node_cluster()
+    fake.replies["GET 127.0.0.1:4151/info"] = {"broadcast_address": "127.0.0.1",
+                                               "http_port": 4151, "tcp_port": 4150}
+    nsqd_only = ClusterInfo(fake, [], ["127.0.0.1:4151"], clock=lambda: NOW)
+    with pytest.raises(UpstreamError, match="TOPIC_NOT_FOUND"):
+        nsqd_only.topic_stats("nope", [])
+
+
+def test_failed_upstream_calls_print_no_traceback(capfd) -> None:
+    """A hung or dead daemon is one warning line per call, not a gevent traceback each."""
+    fake = two_node_cluster()
+    fake.replies["GET 127.0.0.1:5151/stats"] = UpstreamError("timed out")
+    errors: list[str] = []
+    ClusterInfo(fake, ["l1"], clock=lambda: NOW).overview(errors)
+    assert errors == [
+        "GET http://127.0.0.1:5151/stats?format=json&include_mem=false&include_clients=false: "
+        "timed out"
+    ]
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err + captured.out
 
 
 def test_partial_failure_is_a_warning_total_failure_raises() -> None:

@@ -1,6 +1,7 @@
 // gnsqadmin front end: hand-written, no build step, no dependencies.
-// One page; the path picks the view (/topics, /topics/T, /topics/T/C, /nodes, /nodes/N).
-// Every refresh interval it polls the JSON API and patches only the sections that changed.
+// One page; the path picks the view (/topics, /topics/T, /topics/T/C, /nodes, /nodes/N, /lookup,
+// /counter; views.js renders them). Every refresh interval it polls the JSON API and patches only
+// the sections that changed. Paths are under CONFIG.base (--base-path).
 "use strict";
 
 const CONFIG = JSON.parse(document.getElementById("config").textContent);
@@ -30,6 +31,18 @@ function seg(name) {
   return encodeURIComponent(name);
 }
 
+function link(path) {
+  return CONFIG.base + path;
+}
+
+// Nanoseconds as µs, ms or s.
+function latency(ns) {
+  if (ns === undefined || ns === null) return "–";
+  if (ns < 1e6) return (ns / 1e3).toFixed(0) + "µs";
+  if (ns < 1e9) return (ns / 1e6).toFixed(1) + "ms";
+  return (ns / 1e9).toFixed(2) + "s";
+}
+
 function duration(ns) {
   let s = Math.floor((ns || 0) / 1e9);
   const h = Math.floor(s / 3600); s -= h * 3600;
@@ -43,7 +56,7 @@ async function api(method, path, body) {
     init.body = JSON.stringify(body);
     init.headers["Content-Type"] = "application/json";
   }
-  const response = await fetch(path, init);
+  const response = await fetch(link(path), init);
   let data = {};
   try { data = await response.json(); } catch (e) { data = {}; }
   if (!response.ok) throw new Error(data.message || response.status + " " + response.statusText);
@@ -93,7 +106,9 @@ function badge(paused) {
   return paused ? '<span class="badge paused">paused</span>' : "";
 }
 
+// Actions are drawn for admins only (--admin-user); the API refuses others anyway (403).
 function button(action, label, attrs, danger) {
+  if (!CONFIG.is_admin) return "";
   const data = Object.entries(attrs).map(([k, v]) => `data-${k}="${esc(v)}"`).join(" ");
   return `<button class="${danger ? "danger" : ""}" data-action="${action}" ${data}>${label}</button>`;
 }
@@ -108,188 +123,6 @@ function channelButtons(topic, channel) {
   const attrs = { topic, channel: channel.channel_name };
   return (channel.paused ? button("unpause", "Unpause", attrs) : button("pause", "Pause", attrs))
     + button("empty", "Empty", attrs, true) + button("delete", "Delete", attrs, true);
-}
-
-// --- views ---------------------------------------------------------------------------------
-
-function route() {
-  const parts = location.pathname.split("/").filter(Boolean).map(decodeURIComponent);
-  if (parts[0] === "nodes") return parts[1] ? { view: "node", node: parts[1] } : { view: "nodes" };
-  if (parts[0] === "topics" && parts[2]) {
-    return { view: "channel", topic: parts[1], channel: parts[2] };
-  }
-  if (parts[0] === "topics" && parts[1]) return { view: "topic", topic: parts[1] };
-  return { view: "topics" };
-}
-
-function layout(r) {
-  const crumbs = {
-    topics: "<h1>Topics</h1>",
-    nodes: "<h1>Nodes</h1>",
-    topic: `<h1><a href="/topics" data-nav>Topics</a> / <span id="title">${esc(r.topic)}</span></h1>`,
-    channel: `<h1><a href="/topics" data-nav>Topics</a> /
-      <a href="/topics/${seg(r.topic)}" data-nav>${esc(r.topic)}</a> /
-      <span id="title">${esc(r.channel)}</span></h1>`,
-    node: `<h1><a href="/nodes" data-nav>Nodes</a> / <span id="title">${esc(r.node)}</span></h1>`,
-  }[r.view];
-  const sections = {
-    topics: ["summary", "topics", "charts", "create"],
-    topic: ["summary", "actions", "nodes", "channels", "charts"],
-    channel: ["summary", "actions", "nodes", "clients", "charts"],
-    nodes: ["nodes"],
-    node: ["summary", "topics"],
-  }[r.view];
-  main.innerHTML = crumbs + sections.map((s) => `<section id="s-${s}"></section>`).join("");
-  document.querySelectorAll("nav a").forEach((a) => {
-    a.classList.toggle("active", a.dataset.view === (r.view.startsWith("node") ? "nodes" : "topics"));
-  });
-}
-
-function renderTopics(ov) {
-  const total = ov.topics.reduce((n, t) => n + t.depth, 0);
-  patch("s-summary", `<div class="cards">
-    <div class="card"><b id="topic-count">${ov.topics.length}</b> topics</div>
-    <div class="card"><b>${num(total)}</b> messages queued in topics</div>
-    <div class="card"><b>${ov.nodes.length}</b> nodes</div></div>`);
-  const rows = ov.topics.map((t) => `<tr data-topic="${esc(t.topic_name)}">
-      <td><a href="/topics/${seg(t.topic_name)}" data-nav>${esc(t.topic_name)}</a> ${badge(t.paused)}</td>
-      <td class="num depth">${num(t.depth)}</td>
-      <td class="nodes">${t.nodes.map((n) => `<span class="chip" title="memory ${num(n.memory_depth)}, disk ${num(n.backend_depth)}">${esc(n.node)} <b>${num(n.depth)}</b></span>`).join(" ") || '<span class="muted">no nodes</span>'}</td>
-      <td class="num">${num(t.message_count)}</td>
-      <td class="num">${t.channels.length}</td>
-      <td class="channels">${t.channels.map((c) => `<a href="/topics/${seg(t.topic_name)}/${seg(c.channel_name)}" data-nav class="chip">${esc(c.channel_name)} <b>${num(c.depth)}</b>${c.paused ? " ⏸" : ""}</a>`).join(" ")}</td>
-    </tr>`).join("");
-  patch("s-topics", ov.topics.length ? `<table id="topics-table"><thead><tr>
-      <th>Topic</th><th class="num">Depth</th><th>Depth per node</th><th class="num">Messages</th>
-      <th class="num">Channels</th><th>Channel depth</th></tr></thead><tbody>${rows}</tbody></table>`
-    : '<p class="muted" id="no-topics">No topics yet.</p>');
-  patch("s-charts", ov.topics.length ? `<h2>Message rates ${LEGEND}</h2><div class="charts">`
-    + ov.topics.map((t) => chartBox(
-      `<a href="/topics/${seg(t.topic_name)}" data-nav>${esc(t.topic_name)}</a>`,
-      ov.rates.topics[t.topic_name])).join("") + "</div>" : "");
-  const create = document.getElementById("s-create");
-  if (CONFIG.lookupd.length && !create.dataset.html) {
-    create.dataset.html = "1";
-    create.innerHTML = `<h2>Create</h2><form id="create-form" class="inline">
-      <input name="topic" placeholder="topic" required pattern="[.a-zA-Z0-9_\\-]+(#ephemeral)?">
-      <input name="channel" placeholder="channel (optional)" pattern="[.a-zA-Z0-9_\\-]+(#ephemeral)?">
-      <button type="submit">Create in lookupd</button></form>`;
-  }
-}
-
-function findTopic(ov, name) {
-  return ov.topics.find((t) => t.topic_name === name);
-}
-
-function nodeRows(entries, withTombstone, topic) {
-  return entries.map((n) => `<tr data-node="${esc(n.node)}">
-    <td><a href="/nodes/${seg(n.node)}" data-nav>${esc(n.node)}</a> <span class="muted">${esc(n.hostname)}</span> ${badge(n.paused)}</td>
-    <td class="num depth">${num(n.depth)}</td><td class="num">${num(n.memory_depth)}</td>
-    <td class="num">${num(n.backend_depth)}</td>
-    ${"in_flight_count" in n ? `<td class="num">${num(n.in_flight_count)}</td><td class="num">${num(n.deferred_count)}</td>
-      <td class="num">${num(n.requeue_count)}</td><td class="num">${num(n.timeout_count)}</td>` : ""}
-    <td class="num">${num(n.message_count)}</td>
-    ${withTombstone ? `<td>${button("tombstone", "Tombstone", { topic, node: n.node }, true)}</td>` : ""}
-  </tr>`).join("");
-}
-
-function renderTopic(r, t, ov) {
-  patch("s-summary", `<div class="cards">
-    <div class="card"><b id="topic-depth">${num(t.depth)}</b> depth</div>
-    <div class="card"><b>${num(t.memory_depth)}</b> in memory</div>
-    <div class="card"><b>${num(t.backend_depth)}</b> on disk</div>
-    <div class="card"><b>${num(t.message_count)}</b> messages</div>
-    <div class="card"><b>${t.nodes.length}</b> nodes</div>
-    <div class="card">${t.paused ? '<b class="paused">paused</b>' : "<b>active</b>"}</div></div>`);
-  patch("s-actions", `<div class="actions">${topicButtons(t)}</div>`);
-  const tomb = CONFIG.lookupd.length > 0;
-  patch("s-nodes", `<h2>Nodes</h2><table id="topic-nodes"><thead><tr><th>Node</th>
-    <th class="num">Depth</th><th class="num">Memory</th><th class="num">Disk</th>
-    <th class="num">Messages</th>${tomb ? "<th></th>" : ""}</tr></thead>
-    <tbody>${nodeRows(t.nodes, tomb, t.topic_name)}</tbody></table>`);
-  const rows = t.channels.map((c) => `<tr data-channel="${esc(c.channel_name)}">
-      <td><a href="/topics/${seg(t.topic_name)}/${seg(c.channel_name)}" data-nav>${esc(c.channel_name)}</a> ${badge(c.paused)}</td>
-      <td class="num depth">${num(c.depth)}</td><td class="num inflight">${num(c.in_flight_count)}</td>
-      <td class="num">${num(c.deferred_count)}</td><td class="num">${num(c.requeue_count)}</td>
-      <td class="num">${num(c.timeout_count)}</td><td class="num">${num(c.message_count)}</td>
-      <td class="num">${num(c.client_count)}</td>
-      <td class="actions">${channelButtons(t.topic_name, c)}</td></tr>`).join("");
-  patch("s-channels", `<h2>Channels</h2>${t.channels.length ? `<table id="channels-table"><thead><tr>
-    <th>Channel</th><th class="num">Depth</th><th class="num">In-flight</th><th class="num">Deferred</th>
-    <th class="num">Requeued</th><th class="num">Timed out</th><th class="num">Messages</th>
-    <th class="num">Clients</th><th></th></tr></thead><tbody>${rows}</tbody></table>`
-    : '<p class="muted">No channels.</p>'}`);
-  const chans = ov.rates.channels[t.topic_name] || {};
-  patch("s-charts", `<h2>Message rates ${LEGEND}</h2><div class="charts">`
-    + chartBox(`<b>${esc(t.topic_name)}</b>`, ov.rates.topics[t.topic_name])
-    + t.channels.map((c) => chartBox(esc(c.channel_name), chans[c.channel_name])).join("")
-    + "</div>");
-}
-
-// A gnsqd delivery policy on one node: its limits and what it took out of the channel.
-function policyLine(p) {
-  const sum = (o) => Object.values(o).reduce((a, b) => a + b, 0);
-  const limits = [p.max_attempts && `max attempts ${num(p.max_attempts)}`,
-    p.msg_ttl && `TTL ${duration(p.msg_ttl * 1e6)}`,
-    p.max_depth && `max depth ${num(p.max_depth)} (${esc(p.overflow)})`].filter(Boolean);
-  return `<p class="policy">Policy on ${esc(p.node)}: ${limits.join(" · ")} · dead letters to
-    <b>${esc(p.dead_letter_topic)}</b>: ${num(sum(p.dead_lettered))} dead-lettered,
-    ${num(sum(p.dropped))} dropped, ${num(p.rejected)} rejected</p>`;
-}
-
-function renderChannel(r, c, ov) {
-  patch("s-summary", `<div class="cards">
-    <div class="card"><b id="channel-depth">${num(c.depth)}</b> depth</div>
-    <div class="card"><b>${num(c.in_flight_count)}</b> in flight</div>
-    <div class="card"><b>${num(c.deferred_count)}</b> deferred</div>
-    <div class="card"><b>${num(c.requeue_count)}</b> requeued</div>
-    <div class="card"><b>${num(c.timeout_count)}</b> timed out</div>
-    <div class="card"><b>${num(c.message_count)}</b> messages</div>
-    <div class="card">${c.paused ? '<b class="paused">paused</b>' : "<b>active</b>"}</div></div>
-    ${(c.policies || []).map(policyLine).join("")}`);
-  patch("s-actions", `<div class="actions">${channelButtons(r.topic, c)}</div>`);
-  patch("s-nodes", `<h2>Nodes</h2><table><thead><tr><th>Node</th><th class="num">Depth</th>
-    <th class="num">Memory</th><th class="num">Disk</th><th class="num">In-flight</th>
-    <th class="num">Deferred</th><th class="num">Requeued</th><th class="num">Timed out</th>
-    <th class="num">Messages</th></tr></thead><tbody>${nodeRows(c.nodes, false)}</tbody></table>`);
-  const rows = c.clients.map((k) => `<tr><td>${esc(k.hostname)}<br><span class="muted">${esc(k.remote_address)}</span></td>
-    <td>${esc(k.user_agent || k.version)}</td><td>${esc(k.node)}</td>
-    <td class="num">${num(k.ready_count)}</td><td class="num">${num(k.in_flight_count)}</td>
-    <td class="num">${num(k.finish_count)}</td><td class="num">${num(k.requeue_count)}</td>
-    <td class="num">${num(k.message_count)}</td><td>${duration(k.connected)}</td>
-    <td>${[k.tls && "TLS", k.deflate && "deflate", k.snappy && "snappy"].filter(Boolean).join(", ")}</td></tr>`).join("");
-  patch("s-clients", `<h2>Clients</h2>${c.clients.length ? `<table id="clients-table"><thead><tr>
-    <th>Client</th><th>User agent</th><th>Node</th><th class="num">Ready</th><th class="num">In-flight</th>
-    <th class="num">Finished</th><th class="num">Requeued</th><th class="num">Messages</th>
-    <th>Connected</th><th>Features</th></tr></thead><tbody>${rows}</tbody></table>`
-    : '<p class="muted">No clients connected.</p>'}`);
-  const points = (ov.rates.channels[r.topic] || {})[r.channel];
-  patch("s-charts", `<h2>Message rate ${LEGEND}</h2><div class="charts">${chartBox(esc(r.channel), points)}</div>`);
-}
-
-function renderNodes(ov) {
-  const rows = ov.nodes.map((n) => `<tr data-node="${esc(n.node)}">
-    <td><a href="/nodes/${seg(n.node)}" data-nav>${esc(n.hostname)}</a></td>
-    <td>${esc(n.broadcast_address)}</td><td class="num">${n.tcp_port}</td><td class="num">${n.http_port}</td>
-    <td>${esc(n.version)}${n.out_of_date ? ' <span class="badge paused">out of date</span>' : ""}</td>
-    <td>${n.remote_addresses.map(esc).join("<br>") || '<span class="muted">configured</span>'}</td>
-    <td>${n.topics.map((t) => `<a class="chip${t.tombstoned ? " tomb" : ""}" href="/topics/${seg(t.topic)}" data-nav
-      title="${t.tombstoned ? "tombstoned" : ""}">${esc(t.topic)}</a>`).join(" ")}</td></tr>`).join("");
-  patch("s-nodes", ov.nodes.length ? `<table id="nodes-table"><thead><tr><th>Hostname</th>
-    <th>Broadcast address</th><th class="num">TCP</th><th class="num">HTTP</th><th>Version</th>
-    <th>Lookupd connections</th><th>Topics</th></tr></thead><tbody>${rows}</tbody></table>`
-    : '<p class="muted">No nodes.</p>');
-}
-
-function renderNode(r, node) {
-  patch("s-summary", `<div class="cards"><div class="card"><b>${node.topics.length}</b> topics</div>
-    <div class="card"><b>${num(node.total_messages)}</b> messages</div>
-    <div class="card"><b>${num(node.total_clients)}</b> clients</div></div>`);
-  const rows = node.topics.map((t) => `<tr><td><a href="/topics/${seg(t.topic_name)}" data-nav>${esc(t.topic_name)}</a> ${badge(t.paused)}</td>
-    <td class="num">${num(t.depth)}</td><td class="num">${num(t.message_count)}</td>
-    <td>${t.channels.map((c) => `<span class="chip">${esc(c.channel_name)} <b>${num(c.depth)}</b> · ${num(c.in_flight_count)} in flight · ${c.clients.length} clients${c.paused ? " ⏸" : ""}</span>`).join(" ")}</td></tr>`).join("");
-  patch("s-topics", `<table><thead><tr><th>Topic</th><th class="num">Depth</th><th class="num">Messages</th>
-    <th>Channels</th></tr></thead><tbody>${rows}</tbody></table>`);
 }
 
 // --- refresh loop --------------------------------------------------------------------------
@@ -309,22 +142,29 @@ function flash(text, bad) {
   flash.timer = setTimeout(() => { el.hidden = true; }, 4000);
 }
 
+const DETAIL = {
+  topic: (r) => `/api/topics/${seg(r.topic)}`,
+  channel: (r) => `/api/topics/${seg(r.topic)}/${seg(r.channel)}`,
+  node: (r) => `/api/nodes/${seg(r.node)}`,
+  lookup: () => "/api/topics?inactive=true",
+  counter: () => "/api/counter",
+};
+
 async function refresh() {
   const mine = generation;
   const r = route();
   try {
-    const ov = await api("GET", "/api/overview");
-    let detail = null;
-    if (r.view === "topic") detail = await api("GET", `/api/topics/${seg(r.topic)}`);
-    if (r.view === "channel") detail = await api("GET", `/api/topics/${seg(r.topic)}/${seg(r.channel)}`);
-    if (r.view === "node") detail = await api("GET", `/api/nodes/${seg(r.node)}`);
+    const ov = r.view === "counter" || r.view === "lookup" ? null : await api("GET", "/api/overview");
+    const detail = DETAIL[r.view] ? await api("GET", DETAIL[r.view](r)) : null;
     if (mine !== generation) return;
     if (r.view === "topics") renderTopics(ov);
     if (r.view === "nodes") renderNodes(ov);
     if (r.view === "topic") renderTopic(r, detail, ov);
     if (r.view === "channel") renderChannel(r, detail, ov);
     if (r.view === "node") renderNode(r, detail);
-    showMessage([ov.message, detail && detail.message].filter(Boolean).join(" "));
+    if (r.view === "lookup") renderLookup(detail);
+    if (r.view === "counter") renderCounter(detail);
+    showMessage([ov && ov.message, detail && detail.message].filter(Boolean).join(" "));
     const status = document.getElementById("status");
     status.textContent = "updated " + new Date().toLocaleTimeString();
     status.dataset.refreshed = String(Number(status.dataset.refreshed || 0) + 1);
@@ -332,8 +172,9 @@ async function refresh() {
   } catch (err) {
     if (mine !== generation) return;
     const status = document.getElementById("status");
-    status.textContent = "error: " + err.message;
+    status.textContent = "error";
     status.classList.add("bad");
+    showMessage(err.message);
   }
 }
 
@@ -365,8 +206,10 @@ async function act(btn) {
   const { action, topic, channel, node } = btn.dataset;
   const target = channel ? `channel ${topic}/${channel}` : `topic ${topic}`;
   const question = action === "tombstone"
-    ? `Tombstone topic ${topic} on node ${node}? Lookupds stop listing it for consumers.`
-    : `${action[0].toUpperCase() + action.slice(1)} ${target} on every node?`;
+    ? `Tombstone topic ${topic} on node ${node}? Lookupds stop listing it for consumers and the `
+      + "topic is deleted on that node."
+    : `${action[0].toUpperCase() + action.slice(1)} ${target} on every node`
+      + (action === "delete" ? " and lookupd?" : "?");
   if (!(await confirmDialog(question))) return;
   const path = channel ? `/api/topics/${seg(topic)}/${seg(channel)}` : `/api/topics/${seg(topic)}`;
   try {
@@ -377,8 +220,9 @@ async function act(btn) {
     flash(result.message || `${action}: done (${target})`, Boolean(result.message));
     if (action === "delete") {
       const r = route();
+      if (r.view === "lookup") { await refresh(); return; }
       if (r.view === "channel" || (r.view === "topic" && !channel)) {
-        navigate(channel ? `/topics/${seg(topic)}` : "/topics", true);
+        navigate(link(channel ? `/topics/${seg(topic)}` : "/topics"), true);
         return;
       }
     }
@@ -389,10 +233,10 @@ async function act(btn) {
 }
 
 document.addEventListener("click", (event) => {
-  const link = event.target.closest("a[data-nav]");
-  if (link && !event.ctrlKey && !event.metaKey && !event.shiftKey) {
+  const anchor = event.target.closest("a[data-nav]");
+  if (anchor && !event.ctrlKey && !event.metaKey && !event.shiftKey) {
     event.preventDefault();
-    navigate(link.getAttribute("href"), true);
+    navigate(anchor.getAttribute("href"), true);
     return;
   }
   const btn = event.target.closest("button[data-action]");
@@ -407,7 +251,8 @@ document.addEventListener("submit", async (event) => {
     const result = await api("POST", "/api/topics", {
       topic: form.get("topic"), channel: form.get("channel") || "",
     });
-    flash(result.message || `created ${form.get("topic")}`, Boolean(result.message));
+    const what = form.get("channel") ? `${form.get("topic")}/${form.get("channel")}` : form.get("topic");
+    flash(result.message || `created ${what}`, Boolean(result.message));
     event.target.reset();
   } catch (err) {
     flash(`create failed: ${err.message}`, true);
