@@ -136,13 +136,14 @@ def test_topics_nodes_and_depth_per_node(cluster: AdminCluster) -> None:
 def test_actions_reach_every_nsqd(cluster: AdminCluster, connect) -> None:
     cluster.publish(0, "jobs", 2)
     cluster.publish(1, "jobs", 1)
+    # the channel is created on the nodes lookupd knows hold the topic: wait for both
+    wait_for(lambda: all(any(t["topic"] == "jobs" for t in n["topics"])
+                         for n in cluster.api("GET", "/api/nodes").json()["nodes"]),
+             what="jobs registered on both nodes")
     cluster.create_channel("jobs", "work")
     consumer = connect(cluster.nsqds[0].tcp_port)
     consumer.command(b"SUB jobs work")
     consumer.read_frame()
-    wait_for(lambda: all(any(t["topic"] == "jobs" for t in n["topics"])
-                         for n in cluster.api("GET", "/api/nodes").json()["nodes"]),
-             what="jobs registered on both nodes")
     channel = cluster.api("GET", "/api/topics/jobs/work").json()
     assert (channel["depth"], len(channel["clients"])) == (3, 1)
     assert channel["clients"][0]["node"] == f"127.0.0.1:{cluster.nsqds[0].http_port}"
