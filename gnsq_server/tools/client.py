@@ -34,6 +34,7 @@ from gnsq.message import Message
 from gnsq_server import NSQ_VERSION
 from gnsq_server.config import parse_duration, parse_go_bool, split_host_port
 from gnsq_server.options import DURATION, INT, STRS, Option
+from gnsq_server.wire import is_valid_name
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,13 @@ def require_sources(flag: str, direct: list[str], lookupds: list[str]) -> None:
         check_address(flag, address)
     for address in lookupds:
         check_address("lookupd-http-address", address, scheme_ok=True)
+
+
+def check_names(flag: str, names: Iterable[str]) -> None:
+    """Topic/channel names as nsqd accepts them, checked before connecting."""
+    for name in names:
+        if not is_valid_name(name):
+            raise UsageError(f"--{flag} {name!r} is not a valid {flag.split('-')[0]} name")
 
 
 def check_address(flag: str, address: str, scheme_ok: bool = False) -> tuple[str, int]:
@@ -384,7 +392,8 @@ class Subscriber:
             conn.subscribe(self.topic, self.channel)
             conn.check_ok()
         except (NSQException, OSError) as exc:
-            log.error("[%s] (%s/%s) connection failed - %s", address, self.topic, self.channel, exc)
+            log.error("[%s] (%s/%s) connection failed - %s", address, self.topic, self.channel,
+                      describe(exc))
             conn.close_stream()
             return False
         log.info("[%s] (%s/%s) connected", address, self.topic, self.channel)
@@ -409,7 +418,7 @@ class Subscriber:
                 if frame == wire.FRAME_TYPE_RESPONSE and data == CLOSE_WAIT:
                     self._closing[address].set()
                 elif frame == wire.FRAME_TYPE_ERROR:
-                    log.error("[%s] error from nsqd - %s", address, data)
+                    log.error("[%s] error from nsqd - %s", address, describe(data))
         except (NSQException, OSError) as exc:
             if not self._stopping:
                 log.warning("[%s] (%s/%s) connection lost - %s", address, self.topic,
@@ -496,6 +505,16 @@ class Publisher:
 def is_refusal(exc: BaseException) -> bool:
     """An NSQ error response (bad topic, message too big): retrying will not help."""
     return isinstance(exc, NSQErrorCode)
+
+
+def describe(exc: BaseException) -> str:
+    """An error as nsqd sent it (``E_BAD_MESSAGE PUB message too big``): gnsq keeps the code
+    only as the class, and the text as bytes."""
+    if isinstance(exc, NSQErrorCode):
+        code = (type(exc).__doc__ or "E_INVALID").strip()
+        text = exc.args[0] if exc.args else b""
+        return f"{code} {text.decode(errors='replace') if isinstance(text, bytes) else text}"
+    return str(exc)
 
 
 # --- signals --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from gnsq_server.tools.client import (
     TOPIC,
     Subscriber,
     UsageError,
+    check_names,
     finish,
     on_stop_signals,
     parse_client_opts,
@@ -51,6 +52,8 @@ def check(opts: Any) -> None:
     require_sources("nsqd-tcp-address", opts.nsqd_tcp_addresses, opts.lookupd_http_addresses)
     if not opts.topics:
         raise UsageError("--topic required")
+    check_names("topic", opts.topics)
+    check_names("channel", [opts.channel] if opts.channel else [])
     parse_client_opts("consumer-opt", opts.consumer_opts, user_agent(PROG))
 
 

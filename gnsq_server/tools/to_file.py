@@ -39,6 +39,7 @@ from gnsq_server.tools.client import (
     ClientSettings,
     Subscriber,
     UsageError,
+    check_names,
     finish,
     lookupd_topics,
     on_stop_signals,
@@ -98,6 +99,8 @@ OPTIONS: tuple[Option, ...] = (
 def check(opts: Any) -> None:
     if not opts.channel:
         raise UsageError("--channel is required")
+    check_names("channel", [opts.channel])
+    check_names("topic", opts.topics)
     for flag in ("http-client-connect-timeout", "http-client-request-timeout", "sync-interval"):
         if getattr(opts, flag.replace("-", "_")) <= 0:
             raise UsageError(f"--{flag} should be positive")

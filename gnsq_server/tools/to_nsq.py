@@ -26,6 +26,8 @@ from gnsq_server.tools.client import (
     Publisher,
     UsageError,
     check_address,
+    check_names,
+    describe,
     is_refusal,
     on_stop_signals,
     parse_client_opts,
@@ -59,6 +61,7 @@ OPTIONS: tuple[Option, ...] = (
 def check(opts: Any) -> None:
     if not opts.topic:
         raise UsageError("--topic required")
+    check_names("topic", [opts.topic])
     if len(opts.delimiter.encode()) != 1:
         raise UsageError("--delimiter must be a single byte")
     if not opts.nsqd_tcp_addresses:
@@ -139,7 +142,7 @@ class Pump:
             except (NSQException, OSError) as exc:
                 publisher.close()
                 if is_refusal(exc):
-                    log.critical("[%s] publish refused - %s", publisher.address, exc)
+                    log.critical("[%s] publish refused - %s", publisher.address, describe(exc))
                     self.status = 1
                     return False
                 log.error("[%s] publish failed, retrying in %.2fs - %s",
