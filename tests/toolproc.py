@@ -156,6 +156,11 @@ class Nsqd:
         with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=10) as reply:
             return reply.read()
 
+    def create_channel(self, topic: str, channel: str) -> None:
+        """The topic, then the channel (nsqd wants an existing topic for /channel/create)."""
+        self.post("/topic/create", topic=topic)
+        self.post("/channel/create", topic=topic, channel=channel)
+
     def mpub(self, topic: str, bodies: list[bytes], batch: int = 5000) -> None:
         for start in range(0, len(bodies), batch):
             self.post("/mpub", b"\n".join(bodies[start : start + batch]), topic=topic)

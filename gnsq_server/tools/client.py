@@ -353,7 +353,8 @@ class Subscriber:
         host, port = split_host_port(address)
         delay = 0.25
         while not self._stopping:
-            if self._session(host, port):
+            # its own greenlet: stopping kills this loop, never a session that is draining
+            if self._sessions.spawn(self._session, host, port).get():
                 delay = 0.25
             if self._stopping:
                 return
