@@ -115,6 +115,7 @@ class Nsqd:
         self.proc: ServerProcess | None = None
 
     def start(self) -> Nsqd:
+        self.data_path.mkdir(parents=True, exist_ok=True)  # Go's nsqd does not create it
         proc = ServerProcess(
             "gnsqd",
             f"--tcp-address=127.0.0.1:{self.tcp_port}",
