@@ -460,6 +460,15 @@ def finish(message: Message) -> bool:
     return True
 
 
+def requeue(message: Message) -> None:
+    """REQ a message for immediate redelivery to another consumer (best effort: if the
+    connection is gone, nsqd requeues it at its timeout anyway)."""
+    try:
+        message.requeue(0, False)
+    except (NSQException, OSError) as exc:
+        log.debug("REQ %s failed - %s", message.id.decode(), exc)
+
+
 # --- publishing -----------------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from gnsq_server.tools.client import (
     finish,
     on_stop_signals,
     parse_client_opts,
+    requeue,
     require_sources,
     user_agent,
 )
@@ -75,7 +76,8 @@ class Printer:
 
     def __call__(self, message: Message) -> None:
         if self.done.is_set():
-            return  # stopping: left unfinished, nsqd requeues it when the connection closes
+            requeue(message)  # stopping (-n reached): back to the channel for other consumers
+            return
         try:
             self.out.write(self.prefix + message.body + b"\n")
             self.out.flush()

@@ -9,6 +9,7 @@ drops its last byte)."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import sys
 import time
@@ -83,13 +84,18 @@ def split_stream(chunks: Iterator[bytes], delimiter: bytes) -> Iterator[bytes]:
 
 
 def read_stdin(fd: int) -> Iterator[bytes]:
-    """stdin's bytes as they come, without blocking the other greenlets (signals included)."""
+    """stdin's bytes as they come, without blocking the other greenlets (signals included).
+    The descriptor's flags are restored at the end: a terminal shares them with the shell."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     make_nonblocking(fd)
-    while True:
-        data = nb_read(fd, 65536)
-        if not data:
-            return
-        yield data
+    try:
+        while True:
+            data = nb_read(fd, 65536)
+            if not data:
+                return
+            yield data
+    finally:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
 
 
 class Throttle:
@@ -162,7 +168,8 @@ def run(opts: Any) -> int:
     if opts.rate:
         log.info("Throttling messages rate to max:%d/second", opts.rate)
     stop = Event()
-    worker = gevent.spawn(pump.run, read_stdin(sys.stdin.fileno()))
+    chunks = read_stdin(sys.stdin.fileno())
+    worker = gevent.spawn(pump.run, chunks)
     worker.link(lambda _greenlet: stop.set())
     on_stop_signals(stop.set)
     stop.wait()
@@ -170,6 +177,7 @@ def run(opts: Any) -> int:
     if pump.busy:
         worker.join(5)  # let the piece being published get its OK
     worker.kill()
+    chunks.close()  # restores stdin's flags
     pump.close()
     if worker.exception is not None and not isinstance(worker.exception, gevent.GreenletExit):
         return 1

@@ -185,3 +185,14 @@ def test_version_and_help():
     for flag in ("--channel", "--max-in-flight", "--n ", "--print-topic", "--topic",
                  "--nsqd-tcp-address", "--lookupd-http-address", "--consumer-opt"):
         assert flag in help_text
+
+
+def test_n_leaves_the_rest_on_a_shared_channel(nsqd):
+    nsqd.mpub("shared", [b"m%d" % i for i in range(10)])
+    tail = Tool("gnsq_tail", "--topic=shared", "--channel=share", "-n=3",
+                f"--nsqd-tcp-address={nsqd.tcp}")
+    assert tail.wait() == 0, tail.err()
+    assert len(tail.lines()) == 3
+    channel = nsqd.channel("shared", "share")
+    # what arrived after the third was sent back at once, not left to time out in flight
+    assert (channel["depth"], channel["in_flight_count"]) == (7, 0)
