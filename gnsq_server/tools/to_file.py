@@ -219,10 +219,9 @@ class FileLogger:
         next_tick = time.monotonic() + interval
         while True:
             sync = close_file = False
-            try:
-                event = self.events.get(timeout=max(next_tick - time.monotonic(), 0))
-            except Empty:
-                next_tick = time.monotonic() + interval
+            now = time.monotonic()
+            if now >= next_tick:  # due even while messages keep coming, as Go's ticker is
+                next_tick = now + interval
                 if self.needs_rotation():
                     if self.opts.skip_empty_files:
                         close_file = True
@@ -230,6 +229,10 @@ class FileLogger:
                         self.update_file()
                 sync = True
             else:
+                try:
+                    event = self.events.get(timeout=next_tick - now)
+                except Empty:
+                    continue
                 if event == _TERM:
                     self.stop()
                     return
