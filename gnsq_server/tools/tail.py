@@ -64,7 +64,9 @@ def ephemeral_channel() -> str:
 
 
 class Printer:
-    """Writes one topic's messages to ``out``; ``done`` is set once ``total`` were shown."""
+    """Writes one topic's messages to ``out``; ``done`` is set once ``total`` were shown. What
+    arrives after that (or could not be written) is kept in ``leftover``, to be sent back once
+    nsqd has stopped sending (REQ before CLS would have it redelivered at once)."""
 
     def __init__(self, topic: str, out: BinaryIO, total: int, print_topic: bool, done: Event):
         self.prefix = f"{topic} | ".encode() if print_topic else b""
@@ -73,10 +75,11 @@ class Printer:
         self.shown = 0
         self.done = done
         self.failed = False
+        self.leftover: list[Message] = []
 
     def __call__(self, message: Message) -> None:
         if self.done.is_set():
-            requeue(message)  # stopping (-n reached): back to the channel for other consumers
+            self.leftover.append(message)
             return
         try:
             self.out.write(self.prefix + message.body + b"\n")
@@ -84,6 +87,7 @@ class Printer:
         except OSError as exc:
             log.error("failed to write to stdout - %s", exc)
             self.failed = True
+            self.leftover.append(message)
             self.done.set()
             return
         finish(message)
@@ -116,6 +120,9 @@ def run(opts: Any) -> int:
     done.wait()
     for subscriber in subscribers:
         subscriber.close_wait()
+    for printer in printers:
+        for message in printer.leftover:
+            requeue(message)  # back to the channel for its other consumers
     for subscriber in subscribers:
         subscriber.close()
     return 1 if any(printer.failed for printer in printers) else 0
