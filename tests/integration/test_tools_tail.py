@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from ..servers import BIN
 from ..tlscerts import make_certs
 from ..toolproc import Nsqd, Tool, run_tool, start_lookupd, wait_for
 
@@ -196,3 +197,24 @@ def test_n_leaves_the_rest_on_a_shared_channel(nsqd):
     channel = nsqd.channel("shared", "share")
     # what arrived after the third was sent back at once, not left to time out in flight
     assert (channel["depth"], channel["in_flight_count"]) == (7, 0)
+
+
+def test_a_closed_stdout_exits_1_and_strands_nothing(nsqd):
+    nsqd.post("/pub", b"first", topic="piped")
+    reader = subprocess.Popen(
+        [str(BIN / "gnsq_tail"), "--topic=piped", "--channel=p", f"--nsqd-tcp-address={nsqd.tcp}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        assert reader.stdout.readline() == b"first\n"
+        reader.stdout.close()  # as `| head -1` does
+        nsqd.mpub("piped", [b"more"] * 20)
+        assert reader.wait(20) == 1
+        assert b"failed to write to stdout" in reader.stderr.read()
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+        reader.stderr.close()
+    wait_for(lambda: nsqd.channel("piped", "p")["in_flight_count"] == 0, timeout=5,
+             what="nothing left in flight")
