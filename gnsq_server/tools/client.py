@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
+import gnsq
 from gevent.event import Event
 from gevent.pool import Group
 from gnsq import NsqdTCPClient
@@ -74,9 +75,7 @@ HTTP_REQUEST_TIMEOUT = Option(
 
 
 def user_agent(prog: str) -> str:
-    """What the tools send in IDENTIFY and HTTP, as ``nsq_tail/1.3.0 go-nsq/1.1.0`` in NSQ."""
-    import gnsq
-
+    """What the tools send in IDENTIFY, as ``nsq_tail/1.3.0 go-nsq/1.1.0`` in NSQ."""
     return f"{prog}/{NSQ_VERSION} gnsq/{gnsq.__version__}"
 
 
@@ -114,14 +113,6 @@ def check_address(flag: str, address: str, scheme_ok: bool = False) -> tuple[str
 # --- go-nsq Config options ------------------------------------------------------------------
 
 
-def _bool(text: str) -> bool:
-    return parse_go_bool(text)
-
-
-def _seconds(text: str) -> float:
-    return parse_duration(text)
-
-
 def _milliseconds(text: str) -> int:
     return int(parse_duration(text) * 1000)
 
@@ -138,15 +129,15 @@ def _ranged(low: int, high: int) -> Callable[[str], int]:
 
 # go-nsq option -> (parser, NsqdTCPClient keyword)
 _CONNECTION_OPTS: dict[str, tuple[Callable[[str], Any], str]] = {
-    "tls_v1": (_bool, "tls_v1"),
-    "snappy": (_bool, "snappy"),
-    "deflate": (_bool, "deflate"),
+    "tls_v1": (parse_go_bool, "tls_v1"),
+    "snappy": (parse_go_bool, "snappy"),
+    "deflate": (parse_go_bool, "deflate"),
     "deflate_level": (_ranged(1, 9), "deflate_level"),
     "sample_rate": (_ranged(0, 99), "sample_rate"),
-    "heartbeat_interval": (_seconds, "heartbeat_interval"),
+    "heartbeat_interval": (parse_duration, "heartbeat_interval"),
     "output_buffer_size": (_ranged(-1, 2**63 - 1), "output_buffer_size"),
     "output_buffer_timeout": (_milliseconds, "output_buffer_timeout"),
-    "read_timeout": (_seconds, "timeout"),
+    "read_timeout": (parse_duration, "timeout"),
     "auth_secret": (str, "auth_secret"),
     "client_id": (str, "client_id"),
     "hostname": (str, "hostname"),
@@ -154,13 +145,13 @@ _CONNECTION_OPTS: dict[str, tuple[Callable[[str], Any], str]] = {
 }
 _TLS_OPTS: dict[str, Callable[[str], Any]] = {
     "tls_root_ca_file": str,
-    "tls_insecure_skip_verify": _bool,
+    "tls_insecure_skip_verify": parse_go_bool,
     "tls_cert": str,
     "tls_key": str,
 }
 _CLIENT_OPTS: dict[str, Callable[[str], Any]] = {
     "max_attempts": _ranged(0, 65535),
-    "lookupd_poll_interval": _seconds,
+    "lookupd_poll_interval": parse_duration,
     "max_in_flight": _ranged(0, 2**31 - 1),  # accepted; --max-in-flight sets it, as in NSQ
 }
 
@@ -284,7 +275,9 @@ class Subscriber:
     ``handler(message)`` runs on the connection's reading greenlet, one message at a time per
     connection; it finishes messages itself (``message.finish()``), now or later. ``close_wait``
     sends CLS and waits for nsqd's ``CLOSE_WAIT``: after that no more messages come, so FINs sent
-    before ``close`` reach nsqd, and what was never finished is requeued by nsqd on close.
+    before ``close`` reach nsqd (the socket's receive side is empty, so the close is an orderly
+    one, not a reset). What is never finished nor requeued waits in flight for its timeout:
+    nsqd does not requeue on disconnect.
     """
 
     def __init__(
