@@ -466,27 +466,31 @@ def requeue(message: Message) -> None:
 
 
 class Publisher:
-    """A synchronous PUB connection to one nsqd (PUB, then wait for ``OK``), reconnecting when
-    asked to publish after a failure."""
+    """A PUB connection to one nsqd, reconnecting when asked to publish after a failure. Each
+    message is its own PUB with its own ``OK`` (as go-nsq's Publish), several in flight at once.
+    """
 
     def __init__(self, address: str, settings: ClientSettings) -> None:
         self.address = address
         self.host, self.port = split_host_port(address)
         self.settings = settings
         self.conn: NsqdTCPClient | None = None
+        self.acked = 0  # of the bodies given to the last publish
 
-    def publish(self, topic: str, body: bytes) -> None:
-        """OSError/NSQException when the connection fails; NSQErrorCode when nsqd refuses."""
+    def publish(self, topic: str, bodies: list[bytes]) -> None:
+        """PUB each body, then wait for every ``OK``; ``acked`` counts those received.
+        OSError/NSQException when the connection fails; NSQErrorCode when nsqd refuses."""
+        self.acked = 0
         if self.conn is None or not self.conn.is_connected:
             self._connect()
         assert self.conn is not None
-        self.conn.publish(topic, body)
-        while True:
+        self.conn.send(b"".join(wire.publish(topic, body) for body in bodies))
+        while self.acked < len(bodies):
             frame, data = self.conn.read_response()
             if frame == wire.FRAME_TYPE_ERROR:
                 raise data
             if frame == wire.FRAME_TYPE_RESPONSE and data == wire.OK:
-                return
+                self.acked += 1
 
     def _connect(self) -> None:
         conn = NsqdTCPClient(self.host, self.port, **self.settings.connection_kwargs())

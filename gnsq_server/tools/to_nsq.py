@@ -72,15 +72,18 @@ def check(opts: Any) -> None:
     parse_client_opts("producer-opt", opts.producer_opts, user_agent(PROG))
 
 
-def split_stream(chunks: Iterator[bytes], delimiter: bytes) -> Iterator[bytes]:
-    """The non-empty pieces between delimiters, the last one too when the input ends."""
+def split_stream(chunks: Iterator[bytes], delimiter: bytes) -> Iterator[list[bytes]]:
+    """The non-empty pieces between delimiters, a list for each chunk read (what is at hand
+    is published together), the last piece too when the input ends."""
     pending = b""
     for chunk in chunks:
         pieces = (pending + chunk).split(delimiter)
         pending = pieces.pop()
-        yield from (piece for piece in pieces if piece)
+        pieces = [piece for piece in pieces if piece]
+        if pieces:
+            yield pieces
     if pending:
-        yield pending
+        yield [pending]
 
 
 def read_stdin(fd: int) -> Iterator[bytes]:
@@ -118,6 +121,9 @@ class Throttle:
         self.tokens -= 1
 
 
+_WINDOW = 200  # PUBs in flight at once on a connection
+
+
 class Pump:
     """Reads pieces and publishes each to every nsqd; ``status`` is the exit status."""
 
@@ -131,19 +137,24 @@ class Pump:
         self.status = 0
 
     def run(self, chunks: Iterator[bytes]) -> None:
-        for piece in split_stream(chunks, self.delimiter):
+        for pieces in split_stream(chunks, self.delimiter):
             self.busy = True
-            self.throttle.wait()
-            for publisher in self.publishers:
-                if self.stopping or not self._publish(publisher, piece):
-                    return
+            if self.throttle.rate:
+                batches = [[piece] for piece in pieces]
+            else:
+                batches = [pieces[i : i + _WINDOW] for i in range(0, len(pieces), _WINDOW)]
+            for batch in batches:
+                self.throttle.wait()
+                for publisher in self.publishers:
+                    if self.stopping or not self._publish(publisher, batch):
+                        return
             self.busy = False
 
-    def _publish(self, publisher: Publisher, body: bytes) -> bool:
+    def _publish(self, publisher: Publisher, bodies: list[bytes]) -> bool:
         delay = 0.25
         while not self.stopping:
             try:
-                publisher.publish(self.topic, body)
+                publisher.publish(self.topic, bodies)
                 return True
             except (NSQException, OSError) as exc:
                 publisher.close()
@@ -151,6 +162,8 @@ class Pump:
                     log.critical("[%s] publish refused - %s", publisher.address, describe(exc))
                     self.status = 1
                     return False
+                # those without an OK are sent again: nsqd may have some (at least once)
+                bodies = bodies[publisher.acked :]
                 log.error("[%s] publish failed, retrying in %.2fs - %s",
                           publisher.address, delay, exc)
             gevent.sleep(delay)

@@ -56,10 +56,10 @@ def test_filename_format_like_nsq_to_file():
 @pytest.mark.parametrize(
     "chunks, expected",
     [
-        ([b"a\nb\n"], [b"a", b"b"]),
-        ([b"a", b"b\n\n", b"c"], [b"ab", b"c"]),
+        ([b"a\nb\n"], [[b"a", b"b"]]),
+        ([b"a", b"b\n\n", b"c"], [[b"ab"], [b"c"]]),
         ([b"\n\n"], []),
-        ([b"last"], [b"last"]),
+        ([b"last"], [[b"last"]]),
     ],
 )
 def test_split_stream(chunks, expected):
