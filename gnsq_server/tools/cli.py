@@ -29,6 +29,9 @@ def _click_option(opt: Option) -> click.Option:
     option = click_option(opt)
     if opt.repeatable and not opt.flag.endswith("address"):
         option.metavar = "TEXT"  # topics and client options, not addresses
+    if isinstance(option.default, str) and not option.default.isprintable():
+        # shown by --help only (defaults never reach load_options): to_nsq's "\n" delimiter
+        option.default = option.default.encode("unicode_escape").decode()
     return option
 
 

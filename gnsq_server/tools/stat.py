@@ -42,7 +42,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("interval", DURATION, 2.0, "duration of time between polling/printing output"),
     HTTP_CONNECT_TIMEOUT,
     HTTP_REQUEST_TIMEOUT,
-    Option("count", INT, 0, "number of reports (default: until stopped)", minimum=0),
+    Option("count", INT, 0, "number of reports (0: until stopped)", minimum=0),
     Option(
         "nsqd-http-address", STRS, [], "nsqd HTTP address (may be given multiple times)",
         cfg="nsqd_http_addresses",

@@ -149,3 +149,10 @@ def test_bad_flags_exit_2_with_a_clear_message(args, message):
     result = run_tool("to_gnsq", *args)
     assert result.returncode == 2, result
     assert message in result.stderr
+
+
+def test_help_shows_the_newline_default_escaped():
+    result = run_tool("to_gnsq", "--help")
+    assert result.returncode == 0
+    assert "[default: \\n]" in result.stdout
+    assert run_tool("to_gnsq", "-version").stdout == "to_gnsq v1.3.0\n"
