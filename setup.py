@@ -17,6 +17,11 @@ setup(
         "cramjam>=2.8",
         # nsqd's own config files are TOML; tomllib is in the standard library from 3.11
         "tomli>=1.1; python_version < '3.11'",
+        # the command-line tools (gnsq_tail, to_gnsq, gnsq_to_file) speak to nsqd through
+        # gnsq's connection class: IDENTIFY, TLS/snappy/deflate upgrades, frames, messages
+        "gnsq>=1.0.2",
+        # gnsq's (and the tests' pynsq) snappy upgrade needs it (a shim over cramjam)
+        "python-snappy>=0.7",
     ],
     extras_require={
         "test": [
@@ -25,14 +30,11 @@ setup(
             "hypothesis>=6.80",
             "requests>=2.31",
             "pynsq>=0.9.1",
-            "gnsq>=1.0.2",
             "ruff>=0.5",
             # conf/supervisord.conf is tested under a real supervisord
             "supervisor>=4.2",
             # test certificates for TLS are generated in the test session
             "cryptography>=41",
-            # gnsq and pynsq need it for their snappy connections (a shim over cramjam)
-            "python-snappy>=0.7",
             # gnsqadmin's browser tests drive Debian's chromium through chromedriver
             "selenium>=4.10",
         ],
@@ -42,6 +44,10 @@ setup(
             "gnsqd=gnsq_server.cli:gnsqd",
             "gnsqlookupd=gnsq_server.cli:gnsqlookupd",
             "gnsqadmin=gnsq_server.cli:gnsqadmin",
+            "gnsq_tail=gnsq_server.tools.cli:gnsq_tail",
+            "to_gnsq=gnsq_server.tools.cli:to_gnsq",
+            "gnsq_to_file=gnsq_server.tools.cli:gnsq_to_file",
+            "gnsq_stat=gnsq_server.tools.cli:gnsq_stat",
         ],
     },
 )

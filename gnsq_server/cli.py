@@ -56,7 +56,8 @@ class GoFlagCommand(click.Command):
         return super().parse_args(ctx, normalize_go_flags(self.daemon, args))
 
 
-def _click_option(opt: Option) -> click.Option:
+def click_option(opt: Option) -> click.Option:
+    """A click option for one table entry, taking text that ``load_options`` parses."""
     # Every value reaches load_options as text, so it parses and reports errors in one place.
     # The ``default`` is only what --help shows: values whose source is not the command line
     # are dropped, so the config file and the real defaults are not overridden.
@@ -125,7 +126,7 @@ def _make_command(daemon: str, prog: str, server_module: str, summary: str) -> c
             callback=show_version,
             help="print version string",
         ),
-        *(_click_option(opt) for opt in table),
+        *(click_option(opt) for opt in table),
     ]
     return GoFlagCommand(
         prog,
@@ -161,5 +162,5 @@ gnsqadmin: click.Command = _make_command(
     "read from nsqlookupd and nsqd HTTP APIs. Flags take Go's forms (-flag=value, --flag value).",
 )
 
-__all__ = ["gnsqd", "gnsqlookupd", "gnsqadmin", "GoFlagCommand"]
+__all__ = ["gnsqd", "gnsqlookupd", "gnsqadmin", "GoFlagCommand", "click_option"]
 

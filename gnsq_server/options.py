@@ -370,11 +370,17 @@ _TABLES = {NSQD: NSQD_OPTIONS, NSQLOOKUPD: NSQLOOKUPD_OPTIONS, NSQADMIN: NSQADMI
 
 
 def option_table(daemon: str) -> tuple[Option, ...]:
-    """The option table of ``nsqd`` or ``nsqlookupd``."""
+    """The option table of ``nsqd``, ``nsqlookupd``, ``nsqadmin`` or a registered tool."""
     try:
         return _TABLES[daemon]
     except KeyError:
         raise ValueError(f"unknown daemon {daemon!r} (nsqd or nsqlookupd)") from None
+
+
+def register_option_table(name: str, table: tuple[Option, ...]) -> None:
+    """Add a command's table, so the command-line tools (``gnsq_server.tools``) parse and
+    validate their flags with the daemons' machinery."""
+    _TABLES[name] = table
 
 
 def find_option(daemon: str, name: str) -> Option | None:
