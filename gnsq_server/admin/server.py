@@ -7,7 +7,6 @@ import time
 
 import gevent
 import gevent.event
-from gevent.pywsgi import WSGIServer
 
 from gnsq_server.admin.app import create_app
 from gnsq_server.admin.client import HTTPFetcher
@@ -15,6 +14,7 @@ from gnsq_server.admin.cluster import ClusterInfo, UpstreamError
 from gnsq_server.admin.rates import RateHistory
 from gnsq_server.config import Options
 from gnsq_server.httpapi import make_server
+from gnsq_server.httpserver import HTTPServer
 from gnsq_server.serving import format_address, listen, run_until_signalled
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class AdminServer:
         self.history = RateHistory(min_interval=opts.refresh_interval / 2)
         self.app = create_app(self.cluster, self.history, opts.refresh_interval)
         self.http_port: int | None = None
-        self._http_server: WSGIServer | None = None
+        self._http_server: HTTPServer | None = None
         self._sampler: gevent.Greenlet | None = None
 
     def start(self) -> None:
