@@ -217,7 +217,7 @@ def plain_text_response(data: str | bytes, status: int = 200) -> Response:
 
 
 def parts_response(parts: Parts) -> Response:
-    """Rendered parts as a Flask Response, headers in the same order."""
+    """Rendered parts as a Flask Response, headers in the order the fast lane sends them."""
     status, headers, body = parts
     response = Response(body, status=status)
     # Werkzeug adds a default text/html Content-Type and its own Content-Length.
@@ -225,6 +225,7 @@ def parts_response(parts: Parts) -> Response:
     del response.headers["Content-Length"]
     for name, value in headers:
         response.headers[name] = value
+    response.headers["Content-Length"] = str(len(body))
     return response
 
 
@@ -236,16 +237,16 @@ def _json_parts(body: bytes, status: int) -> Parts:
     return _parts(body, status, headers)
 
 
-#: Go's reason phrases where they differ from Werkzeug's upper-case ones or newer Python's.
-_REASONS = {413: "Request Entity Too Large"}
+#: Status lines with Go's reason phrases (where they differ from newer Python's).
+_STATUS_LINES = {
+    **{int(status): f"{int(status)} {status.phrase}" for status in HTTPStatus},
+    413: "413 Request Entity Too Large",
+}
 
 
 def _parts(body: bytes, status: int, headers: list[tuple[str, str]]) -> Parts:
-    try:
-        reason = _REASONS.get(status) or HTTPStatus(status).phrase
-    except ValueError:
-        reason = "status code"
-    return f"{status} {reason}", [*headers, ("Content-Length", str(len(body)))], body
+    """The server adds Content-Length (and Date, Connection) when it frames the body."""
+    return _STATUS_LINES.get(status) or f"{status} status code", headers, body
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,14 +280,19 @@ def parse_query(raw: str | bytes) -> dict[str, list[str]]:
     """
     if isinstance(raw, bytes):
         raw = raw.decode("latin-1")
+    if ";" in raw:  # Go 1.17+ refuses ';' anywhere in a piece, value included
+        raise ValueError("invalid semicolon separator in query")
+    escaped = "%" in raw or "+" in raw
+    if not escaped:  # the usual ?topic=name: one decode for the whole string
+        raw = raw.encode("latin-1").decode("utf-8", "surrogateescape")
     values: dict[str, list[str]] = {}
     for piece in raw.split("&"):
         if not piece:
             continue
-        if ";" in piece:  # Go 1.17+ refuses ';' anywhere in a piece, value included
-            raise ValueError("invalid semicolon separator in query")
         key, _, value = piece.partition("=")
-        values.setdefault(_unescape(key), []).append(_unescape(value))
+        if escaped:
+            key, value = _unescape(key), _unescape(value)
+        values.setdefault(key, []).append(value)
     return values
 
 
@@ -467,7 +473,7 @@ def _answer(
     log: bool,
 ) -> Parts | Response:
     """Run a handler and render what it returns or raises; log the request if asked."""
-    started = time.perf_counter()
+    started = time.perf_counter() if log else 0.0
     status = 200
     try:
         data = handler(*args, **kwargs)

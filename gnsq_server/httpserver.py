@@ -57,6 +57,13 @@ IDLE_TIMEOUT = 300.0
 READ_TIMEOUT = 60.0
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: The end of a response head: (keep the connection, request version) -> Connection line
+_CONNECTION_LINES = {
+    (True, "1.1"): "\r\n",
+    (True, "1.0"): "Connection: keep-alive\r\n\r\n",
+    (False, "1.1"): "Connection: close\r\n\r\n",
+    (False, "1.0"): "Connection: close\r\n\r\n",
+}
 _NO_BODY_STATUS = ("1", "204", "304")
 
 
@@ -89,6 +96,9 @@ class HTTPServer(StreamServer):
         self.idle_timeout = idle_timeout
         self.read_timeout = read_timeout
         self.max_head_bytes = max_head_bytes
+        #: open connections, for the timeout sweep
+        self.connections: set[Connection] = set()
+        self._sweeper: gevent.Greenlet | None = None
         host, port = listener.getsockname()[:2]
         self.base_environ = {
             "SCRIPT_NAME": "",
@@ -106,6 +116,32 @@ class HTTPServer(StreamServer):
     def handle(self, sock: Any, address: Any) -> None:
         Connection(self, sock, address).serve()
 
+    def start(self) -> None:
+        super().start()
+        if self._sweeper is None:
+            self._sweeper = gevent.spawn(self._sweep)
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.kill()
+            self._sweeper = None
+        super().close()
+
+    def _sweep(self) -> None:
+        """Close connections stuck in one read or write past their deadline.
+
+        Timeouts are kept here rather than on the sockets: a socket timeout costs a
+        getsockopt and a timer on every send and receive, a fifth of a request's time.
+        """
+        interval = min(1.0, self.idle_timeout / 4, self.read_timeout / 4)
+        while True:
+            gevent.sleep(interval)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                if conn.deadline and now > conn.deadline:
+                    log.debug("closing %s:%s - timed out", conn.remote_addr, conn.remote_port)
+                    conn.sock.close()
+
     def wrap_socket_and_handle(self, client_socket: Any, address: Any) -> None:
         """HTTPS: a failed or stalled handshake closes that connection with a debug line."""
         client_socket.settimeout(self.read_timeout)
@@ -115,6 +151,7 @@ class HTTPServer(StreamServer):
             log.debug("TLS handshake with %s failed - %s", address[0], exc)
             client_socket.close()
             return
+        ssl_socket.settimeout(None)  # from here the sweep keeps the time
         try:
             self.handle(ssl_socket, address)
         finally:
@@ -141,7 +178,7 @@ class FastRequest:
 class Connection:
     """One client connection, served request after request until it closes."""
 
-    __slots__ = ("server", "sock", "parser", "remote_addr", "remote_port", "_timeout")
+    __slots__ = ("server", "sock", "parser", "remote_addr", "remote_port", "deadline")
 
     def __init__(self, server: HTTPServer, sock: Any, address: Any) -> None:
         self.server = server
@@ -149,7 +186,8 @@ class Connection:
         self.parser = RequestParser(server.max_head_bytes)
         self.remote_addr = str(address[0]) if address else ""
         self.remote_port = str(address[1]) if address else ""
-        self._timeout: float | None = None
+        #: when the read or write in progress times out (monotonic); 0 when none is
+        self.deadline = 0.0
 
     def serve(self) -> None:
         try:
@@ -157,25 +195,37 @@ class Connection:
             self.sock.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
         except OSError:
             pass
+        connections = self.server.connections
+        connections.add(self)
         try:
             while self._serve_one():
                 pass
         except OSError:  # reset, timed out, or gone mid-answer: nothing left to tell it
             pass
         finally:
+            connections.discard(self)
             self.sock.close()
 
     def recv(self, timeout: float) -> bytes:
-        if timeout != self._timeout:
-            self.sock.settimeout(timeout)
-            self._timeout = timeout
-        return self.sock.recv(READ_SIZE)
+        self.deadline = time.monotonic() + timeout
+        data = self.sock.recv(READ_SIZE)
+        self.deadline = 0.0
+        return data
+
+    def sendall(self, data: bytes) -> None:
+        self.deadline = time.monotonic() + self.server.read_timeout
+        # One send() usually takes it all; gevent's sendall() adds a getsockopt() each time.
+        sent = self.sock.send(data)
+        if sent < len(data):
+            self.sock.sendall(data[sent:])
+        self.deadline = 0.0
 
     def _next_head(self) -> RequestHead | None:
         """The next request's head; None when the connection is done (EOF, or refused)."""
         parser = self.parser
+        events = parser.events
         while True:
-            event = parser.next_event()
+            event = events.popleft() if events else None
             if event is None:
                 if parser.finished:
                     return None
@@ -188,7 +238,7 @@ class Connection:
                 return event
             elif event.__class__ is RequestError:
                 log.debug("refused a request from %s - %s", self.remote_addr, event)
-                self.sock.sendall(event.response())
+                self.sendall(event.response())
                 self.linger()
                 return None
 
@@ -201,7 +251,7 @@ class Connection:
         handler = self.server.fast_lane.get((head.method, path))
         if handler is not None:
             status, headers, payload = handler(FastRequest(head, path, query, body, self))
-            keep = _Response(self, head).send(status, headers, payload)
+            keep = _Response(self, head, body).send(status, headers, payload)
         else:
             keep = self._run_wsgi(head, body, path, query)
         if not body.done and not body.drain(head, MAX_POST_HANDLER_READ):
@@ -212,14 +262,17 @@ class Connection:
 
     def _run_wsgi(self, head: RequestHead, body: RequestBody, path: bytes, query: bytes) -> bool:
         environ = self._environ(head, body, path, query)
-        response = _Response(self, head)
+        response = _Response(self, head, body)
         result: Iterable[bytes] | None = None
         try:
             result = self.server.app(environ, response.start_response)
-            for data in result:
-                if data:
-                    response.write(data)
-            response.finish()
+            if result.__class__ in (list, tuple) and len(result) == 1:
+                response.finish(result[0])  # one piece: its length is known
+            else:
+                for data in result:
+                    if data:
+                        response.write(data)
+                response.finish()
         except Exception:
             error_log.exception("error serving %s %s", head.method, head.target[:200])
             if response.head_sent:
@@ -312,7 +365,7 @@ class RequestBody:
                 raise BodyError("the connection ended inside the request body")
             if self._expect:
                 self._expect = False
-                conn.sock.sendall(_CONTINUE)
+                conn.sendall(_CONTINUE)
             try:
                 data = conn.recv(conn.server.read_timeout)
             except OSError as exc:
@@ -370,12 +423,16 @@ class RequestBody:
         while line := self.readline():
             yield line
 
+    def drainable(self, head: RequestHead, limit: int = MAX_POST_HANDLER_READ) -> bool:
+        """Whether drain() may keep the connection, as far as is known before trying."""
+        if self.failed or self._expect:
+            return False
+        return head.content_length is None or head.content_length - self.received <= limit
+
     def drain(self, head: RequestHead, limit: int) -> bool:
         """Discard up to ``limit`` unread bytes so the connection can serve another request;
         False when the body is longer, broken, or was never asked for (100-continue)."""
-        if self.failed or self._expect:
-            return False
-        if head.content_length is not None and head.content_length - self.received > limit:
+        if not self.drainable(head, limit):
             return False
         self._buffer = b""
         start = self.received
@@ -394,13 +451,14 @@ class _Response:
     __slots__ = ("conn", "request", "status", "headers", "head_sent", "keep_alive", "chunked",
                  "length", "started")
 
-    def __init__(self, conn: Connection, request: RequestHead) -> None:
+    def __init__(self, conn: Connection, request: RequestHead, body: RequestBody) -> None:
         self.conn = conn
         self.request = request
         self.status = ""
         self.headers: list[tuple[str, str]] = []
         self.head_sent = False
-        self.keep_alive = request.keep_alive
+        # Say so now when the unread rest of the body will not be drained (see drain()).
+        self.keep_alive = request.keep_alive and (body.done or body.drainable(request))
         self.chunked = False
         self.length = 0
         self.started = time.perf_counter()
@@ -414,11 +472,25 @@ class _Response:
 
     def send(self, status: str, headers: list[tuple[str, str]], body: bytes,
              *, keep_alive: bool = True) -> bool:
-        """A whole answer at once (the fast lane, and errors); whether to keep the connection."""
-        self.status, self.headers = status, headers
-        self.keep_alive = self.keep_alive and keep_alive
-        self._send_head(body, len(body))
-        return self.keep_alive
+        """A whole answer at once (the fast lane, and errors), in one write; ``headers`` hold
+        no framing (Content-Length, Connection). Returns whether to keep the connection."""
+        request = self.request
+        keep = self.keep_alive = self.keep_alive and keep_alive
+        self.status = status
+        lines = [f"HTTP/1.1 {status}\r\n"]
+        for name, value in headers:
+            lines.append(f"{name}: {value}\r\n")
+        lines.append(f"Content-Length: {len(body)}\r\nDate: {_http_date()}\r\n")
+        lines.append(_CONNECTION_LINES[keep, request.version])
+        head = "".join(lines).encode("latin-1")
+        self.head_sent = True
+        if body and request.method != "HEAD":
+            self.conn.sendall(head + body)
+            self.length = len(body)
+        else:
+            self.conn.sendall(head)
+        self._log()
+        return keep
 
     def write(self, data: bytes) -> None:
         if not self.head_sent:
@@ -426,15 +498,15 @@ class _Response:
             return
         self._send_body(data)
 
-    def finish(self) -> None:
+    def finish(self, last: bytes = b"") -> None:
         if not self.head_sent:
-            self._send_head(b"", 0)  # logs
+            self._send_head(last, len(last))  # logs
             return
         if self.chunked:
-            self.conn.sock.sendall(b"0\r\n\r\n")
+            self.conn.sendall(b"0\r\n\r\n")
         self._log()
 
-    def _send_head(self, first: bytes, total: int | None) -> None:
+    def _send_head(self, first: bytes, total: int | None) -> None:  # the WSGI path
         """The status line and headers, framed by Content-Length, chunking or a close."""
         request = self.request
         status = self.status
@@ -459,20 +531,16 @@ class _Response:
             else:
                 self.keep_alive = False  # an HTTP/1.0 body without a length ends at the close
         lines.append(f"Date: {_http_date()}\r\n")
-        if not self.keep_alive:
-            lines.append("Connection: close\r\n")
-        elif request.version == "1.0":
-            lines.append("Connection: keep-alive\r\n")
-        lines.append("\r\n")
+        lines.append(_CONNECTION_LINES[self.keep_alive, request.version])
         head = "".join(lines).encode("latin-1")
         self.head_sent = True
         if bodiless or not first:
-            self.conn.sock.sendall(head)
+            self.conn.sendall(head)
         elif self.chunked:
-            self.conn.sock.sendall(b"%s%x\r\n%s\r\n" % (head, len(first), first))
+            self.conn.sendall(b"%s%x\r\n%s\r\n" % (head, len(first), first))
             self.length += len(first)
         else:
-            self.conn.sock.sendall(head + first)
+            self.conn.sendall(head + first)
             self.length += len(first)
         if total is not None:
             self._log()
@@ -483,9 +551,9 @@ class _Response:
             return
         self.length += len(data)
         if self.chunked:
-            self.conn.sock.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+            self.conn.sendall(b"%x\r\n%s\r\n" % (len(data), data))
         else:
-            self.conn.sock.sendall(data)
+            self.conn.sendall(data)
 
     def _log(self) -> None:
         if access_log.isEnabledFor(logging.DEBUG):
