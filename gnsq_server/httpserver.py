@@ -123,7 +123,7 @@ class HTTPServer(StreamServer):
 
     def close(self) -> None:
         if self._sweeper is not None:
-            self._sweeper.kill()
+            self._sweeper.kill(block=False)
             self._sweeper = None
         super().close()
 
