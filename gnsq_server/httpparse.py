@@ -116,10 +116,6 @@ class RequestParser:
 
     # -- httptools callbacks ------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._url = []
-        self._headers = []
-
     def on_url(self, url: bytes) -> None:
         self._url.append(url)  # llhttp may hand the target over in pieces
 
@@ -144,6 +140,7 @@ class RequestParser:
         self._in_head = False
         self._head_bytes = 0
         self._url = []
+        self._headers = []
         self.events.append(head)
 
     def on_body(self, body: bytes) -> None:
@@ -151,12 +148,15 @@ class RequestParser:
 
     def on_message_complete(self) -> None:
         self._in_head = True
+        self._headers = []  # drops chunked trailers, which llhttp reports as headers
         self.events.append(END)
 
     @staticmethod
     def _frame(head: RequestHead) -> None:
         """Content-Length, Transfer-Encoding and Expect, as net/http reads them."""
         for name, value in head.headers:
+            if len(name) not in (6, 14, 17):
+                continue  # none of the three below
             lowered = name.lower()
             if lowered == b"content-length":
                 head.content_length = int(value)  # llhttp accepted digits only, once

@@ -178,7 +178,7 @@ class FastRequest:
 class Connection:
     """One client connection, served request after request until it closes."""
 
-    __slots__ = ("server", "sock", "parser", "remote_addr", "remote_port", "deadline")
+    __slots__ = ("server", "sock", "parser", "remote_addr", "remote_port", "deadline", "_writes")
 
     def __init__(self, server: HTTPServer, sock: Any, address: Any) -> None:
         self.server = server
@@ -188,13 +188,9 @@ class Connection:
         self.remote_port = str(address[1]) if address else ""
         #: when the read or write in progress times out (monotonic); 0 when none is
         self.deadline = 0.0
+        self._writes = 0
 
     def serve(self) -> None:
-        try:
-            # Without TCP_NODELAY a second write waits for the client's delayed ACK (~40 ms).
-            self.sock.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
-        except OSError:
-            pass
         connections = self.server.connections
         connections.add(self)
         try:
@@ -213,6 +209,15 @@ class Connection:
         return data
 
     def sendall(self, data: bytes) -> None:
+        if self._writes == 1:
+            # Without TCP_NODELAY a write sent while the last is unacknowledged waits for the
+            # client's delayed ACK (~40 ms). A connection's first write never does, so a
+            # one-request connection is spared the system call.
+            try:
+                self.sock.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self._writes += 1
         self.deadline = time.monotonic() + self.server.read_timeout
         # One send() usually takes it all; gevent's sendall() adds a getsockopt() each time.
         sent = self.sock.send(data)

@@ -93,6 +93,15 @@ def test_pipelined_requests_come_out_in_order():
     assert [e.target for e in found if isinstance(e, RequestHead)] == [b"/pub", b"/ping", b"/pub"]
 
 
+def test_chunked_trailers_do_not_leak_into_the_next_request():
+    found = events(
+        b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-Trailer: t\r\n\r\n"
+        b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    heads = [e for e in found if isinstance(e, RequestHead)]
+    assert [h.headers for h in heads] == [[(b"Transfer-Encoding", b"chunked")], [(b"Host", b"x")]]
+
+
 def test_an_error_ends_the_stream_after_what_parsed_before_it():
     good = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
     parser = RequestParser()
