@@ -188,3 +188,35 @@ def test_tls_required_gate_turns_the_fast_lane_off(start_nsqd, tmp_path):
         assert make_server(create_app(core), sock).fast_lane == {}
     finally:
         sock.close()
+
+
+def test_the_app_runs_under_another_wsgi_server(tmp_path):
+    """The Flask app stays a WSGI app: gevent.pywsgi hosts it (no fast lane there) as README
+    shows, with the daemon's own HTTP listener turned off."""
+    from gevent.pywsgi import WSGIServer
+
+    from gnsq_server.nsqd.http import create_app
+
+    class Hosted:
+        def start(self) -> None:
+            self.daemon = NSQDServer(nsqd_options(tmp_path, http_address=""))
+            self.daemon.start()
+            sock = gsocket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(16)
+            self.wsgi = WSGIServer(sock, create_app(self.daemon.nsqd), log=None)
+            self.wsgi.start()
+            self.port = sock.getsockname()[1]
+
+        def stop(self) -> None:
+            self.wsgi.stop()
+            self.daemon.stop()
+
+    running = ThreadedServer(Hosted).start()
+    try:
+        port = running.server.port
+        assert exchange(port, post("/pub?topic=w", b"hi")).endswith(b"\r\n\r\nOK")
+        assert exchange(port, post("/mpub?topic=w", b"a\nb")).endswith(b"\r\n\r\nOK")
+        assert running.call(lambda: running.server.daemon.nsqd.find_topic("w").depth()) == 3
+    finally:
+        running.stop()
