@@ -27,10 +27,13 @@ def app(environ, start_response):
     if path == "/stream":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return iter([b"one,", b"", b"two,", b"three"])
+    if path == "/big":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return (b"b" * (1 << 20) for _ in range(64))
     if path == "/lines":
-        lines = list(environ["wsgi.input"])
-        start_response("200 OK", [("Content-Length", str(len(lines)))])
-        return [str(len(lines)).encode()]
+        count = str(len(list(environ["wsgi.input"]))).encode()
+        start_response("200 OK", [("Content-Length", str(len(count)))])
+        return [count]
     body = environ["wsgi.input"].read()
     doc = {
         "method": environ["REQUEST_METHOD"],
@@ -295,6 +298,33 @@ def test_idle_and_stalled_connections_are_closed(server):
     for sock in (idle, stalled, body):
         sock.close()
     assert not server.http.connections or time.sleep(0.2) or not server.http.connections
+
+
+def test_a_client_that_stops_reading_is_cut_off(server):
+    sock = connect(server)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+    deadline = time.monotonic() + 5
+    while not server.http.connections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.http.connections
+    while server.http.connections and time.monotonic() < deadline:
+        time.sleep(0.1)  # the server's write stalls past its 1 s timeout
+    assert not server.http.connections
+    sock.close()
+
+
+def test_many_connections_one_after_another_and_at_once(server):
+    for index in range(200):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(f"POST /fast?i={index} HTTP/1.0\r\nContent-Length: 1\r\n\r\nx".encode())
+            assert read_response(sock)[2] == f"POST /fast i={index} 1 1".encode()
+    socks = [connect(server) for _ in range(50)]
+    for index, sock in enumerate(socks):
+        sock.sendall(f"GET /echo?i={index} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    for index, sock in enumerate(socks):
+        assert json.loads(read_response(sock)[2])["query"] == f"i={index}"
+        sock.close()
 
 
 def test_head_too_big_is_431():
