@@ -1,8 +1,8 @@
 """gnsq's HTTP/1.1 server: WSGI on gevent's StreamServer, requests parsed by httptools.
 
-gevent.pywsgi parses in Python and costs ~250 us a request; nsqd answers /pub in ~45 us. This
-server keeps the parsing in C (:mod:`gnsq_server.httpparse`), answers each request with one
-``sendall``, and offers a *fast lane*: a mapping from ``(method, path)`` to a handler that takes a
+gevent.pywsgi parses requests in Python and held /pub to a tenth of nsqd's rate. This server
+keeps the parsing in C (:mod:`gnsq_server.httpparse`), answers each request with one write, and
+offers a *fast lane*: a mapping from ``(method, path)`` to a handler that takes a
 :class:`FastRequest` and returns ``(status, headers, body)`` without a WSGI environ or a
 framework's request and response objects. Everything else goes to the WSGI application, so any
 WSGI server can still host the same app (the fast lane is an optimisation, not a route).
@@ -11,7 +11,9 @@ Per connection, in blocking style: read a request head (idle timeout between req
 timeout within one), run the handler, write the answer, then deal with a body the handler left
 unread: up to 256 KiB is drained so the connection lives on (as Go's net/http does), more than
 that (or an unanswered ``Expect: 100-continue``) ends it with a lingering close so the client
-reads the answer rather than a reset.
+reads the answer rather than a reset. For one-request connections (curl in a loop) the fixed
+costs matter: plain connections use :class:`~gnsq_server.rawsocket.RawSocket` instead of
+gevent's socket class, and greenlets are reused from one connection to the next.
 """
 
 from __future__ import annotations
