@@ -20,17 +20,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from http import HTTPStatus
-from socket import IPPROTO_TCP, SHUT_WR, TCP_NODELAY, socket
-from typing import Any
+from socket import socket
+from typing import Any, Protocol
 from urllib.parse import quote
 
-import gevent
 from flask import Flask, Response, current_app, request
-from gevent.pywsgi import WSGIHandler, WSGIServer
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from gnsq_server import logs
 from gnsq_server.gosyntax import format_duration_ns
+from gnsq_server.httpserver import HTTPServer
 from gnsq_server.wire import is_valid_name
 
 logger = logging.getLogger(__name__)
@@ -166,10 +164,15 @@ def go_json(value: Any, *, spaced: bool = False) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Responses
+#
+# Rendered as plain parts first, ``(status line, headers, body)``: the fast lane sends those as
+# they are and Flask wraps them in a Response, so both paths answer byte for byte alike.
+
+Parts = tuple[str, list[tuple[str, str]], bytes]
 
 
-def v1_response(data: Any, status: int = 200) -> Response:
-    """Render a handler's return value as nsqd's ``http_api.RespondV1`` does."""
+def v1_parts(data: Any, status: int = 200) -> Parts:
+    """A handler's return value as nsqd's ``http_api.RespondV1`` renders it."""
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogateescape")
     if isinstance(data, bytes):
@@ -177,54 +180,73 @@ def v1_response(data: Any, status: int = 200) -> Response:
         headers = [(NSQ_CONTENT_TYPE_HEADER, NSQ_CONTENT_TYPE)]
         if data:
             headers.append(("Content-Type", TEXT_CONTENT_TYPE))
-        return _response(data, status, headers)
+        return _parts(data, status, headers)
     if data is None:
-        return _response(b"", status, [(NSQ_CONTENT_TYPE_HEADER, NSQ_CONTENT_TYPE)])
+        return _parts(b"", status, [(NSQ_CONTENT_TYPE_HEADER, NSQ_CONTENT_TYPE)])
     body = go_json(data).encode("utf-8", "surrogateescape")
-    return _json_response(body, status)
+    return _json_parts(body, status)
 
 
-def error_response(error: HTTPError) -> Response:
-    """Render an :class:`HTTPError` as the JSON ``{"message": ...}`` body V1 clients expect."""
-    response = _json_response(error.body().encode("utf-8", "surrogateescape"), error.status)
-    for name, value in error.headers.items():
-        response.headers[name] = value
-    return response
+def error_parts(error: HTTPError) -> Parts:
+    """An :class:`HTTPError` as the JSON ``{"message": ...}`` body V1 clients expect."""
+    body = error.body().encode("utf-8", "surrogateescape")
+    status, headers, body = _json_parts(body, error.status)
+    if error.headers:
+        headers = [*error.headers.items(), *headers]
+    return status, headers, body
 
 
-def plain_text_response(data: str | bytes, status: int = 200) -> Response:
-    """Render like ``http_api.PlainText`` (used by /ping): no X-NSQ header, errors as text."""
+def plain_text_parts(data: str | bytes, status: int = 200) -> Parts:
+    """Like ``http_api.PlainText`` (used by /ping): no X-NSQ header, errors as text."""
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogateescape")
     headers = [("Content-Type", TEXT_CONTENT_TYPE)] if data else []
-    return _response(data, status, headers)
+    return _parts(data, status, headers)
 
 
-def _json_response(body: bytes, status: int) -> Response:
+def v1_response(data: Any, status: int = 200) -> Response:
+    return parts_response(v1_parts(data, status))
+
+
+def error_response(error: HTTPError) -> Response:
+    return parts_response(error_parts(error))
+
+
+def plain_text_response(data: str | bytes, status: int = 200) -> Response:
+    return parts_response(plain_text_parts(data, status))
+
+
+def parts_response(parts: Parts) -> Response:
+    """Rendered parts as a Flask Response, headers in the order the fast lane sends them."""
+    status, headers, body = parts
+    response = Response(body, status=status)
+    # Werkzeug adds a default text/html Content-Type and its own Content-Length.
+    del response.headers["Content-Type"]
+    del response.headers["Content-Length"]
+    for name, value in headers:
+        response.headers[name] = value
+    response.headers["Content-Length"] = str(len(body))
+    return response
+
+
+def _json_parts(body: bytes, status: int) -> Parts:
     headers = [
         ("Content-Type", JSON_CONTENT_TYPE),
         (NSQ_CONTENT_TYPE_HEADER, NSQ_CONTENT_TYPE),
     ]
-    return _response(body, status, headers)
+    return _parts(body, status, headers)
 
 
-#: Go's reason phrases where they differ from Werkzeug's upper-case ones or newer Python's.
-_REASONS = {413: "Request Entity Too Large"}
+#: Status lines with Go's reason phrases (where they differ from newer Python's).
+_STATUS_LINES = {
+    **{int(status): f"{int(status)} {status.phrase}" for status in HTTPStatus},
+    413: "413 Request Entity Too Large",
+}
 
 
-def _response(body: bytes, status: int, headers: list[tuple[str, str]]) -> Response:
-    try:
-        reason = _REASONS.get(status) or HTTPStatus(status).phrase
-    except ValueError:
-        reason = "status code"
-    response = Response(body, status=f"{status} {reason}")
-    # Werkzeug adds a default text/html Content-Type; Go sends none for an empty body.
-    del response.headers["Content-Type"]
-    for name, value in headers:
-        response.headers[name] = value
-    response.headers.pop("Content-Length", None)
-    response.headers["Content-Length"] = str(len(body))
-    return response
+def _parts(body: bytes, status: int, headers: list[tuple[str, str]]) -> Parts:
+    """The server adds Content-Length (and Date, Connection) when it frames the body."""
+    return _STATUS_LINES.get(status) or f"{status} status code", headers, body
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,24 +280,34 @@ def parse_query(raw: str | bytes) -> dict[str, list[str]]:
     """
     if isinstance(raw, bytes):
         raw = raw.decode("latin-1")
+    if ";" in raw:  # Go 1.17+ refuses ';' anywhere in a piece, value included
+        raise ValueError("invalid semicolon separator in query")
+    escaped = "%" in raw or "+" in raw
+    if not escaped:  # the usual ?topic=name: one decode for the whole string
+        raw = raw.encode("latin-1").decode("utf-8", "surrogateescape")
     values: dict[str, list[str]] = {}
     for piece in raw.split("&"):
         if not piece:
             continue
-        if ";" in piece:  # Go 1.17+ refuses ';' anywhere in a piece, value included
-            raise ValueError("invalid semicolon separator in query")
         key, _, value = piece.partition("=")
-        values.setdefault(_unescape(key), []).append(_unescape(value))
+        if escaped:
+            key, value = _unescape(key), _unescape(value)
+        values.setdefault(key, []).append(value)
     return values
 
 
-def query_params() -> dict[str, list[str]]:
-    """The current request's query parameters; 400 INVALID_REQUEST when they do not parse."""
+def request_params(raw: str) -> dict[str, list[str]]:
+    """Query parameters as nsqd's handlers read them: 400 INVALID_REQUEST when they do not parse."""
     try:
-        return parse_query(request.environ.get("QUERY_STRING", ""))
+        return parse_query(raw)
     except ValueError as exc:
         logger.error("failed to parse request params - %s", exc)
         raise HTTPError(400, "INVALID_REQUEST") from None
+
+
+def query_params() -> dict[str, list[str]]:
+    """The current (Flask) request's query parameters; see :func:`request_params`."""
+    return request_params(request.environ.get("QUERY_STRING", ""))
 
 
 def first(params: Mapping[str, list[str]], key: str) -> str | None:
@@ -327,6 +359,43 @@ def read_body(limit: int) -> bytes:
 
 Handler = Callable[..., Any]
 
+#: ``app.extensions`` key of the fast lane: ``(method, path)`` -> handler giving :data:`Parts`
+FAST_LANE = "gnsq_server.fast_lane"
+
+
+class PlainRequest(Protocol):
+    """What a fast-lane handler may use of a request: no Flask, so the server can call it
+    without building Flask's request (see httpserver.FastRequest)."""
+
+    method: str
+    path: str
+    query_string: str
+    content_length: int | None
+    remote_addr: str
+    remote_port: str
+
+    def read(self, limit: int) -> bytes:
+        """The body up to ``limit`` bytes (all of it when shorter)."""
+
+
+class _FlaskRequest:
+    """A :class:`PlainRequest` over Flask's current request (fast-lane routes hosted by Flask)."""
+
+    __slots__ = ("method", "path", "query_string", "content_length", "remote_addr",
+                 "remote_port")
+
+    def __init__(self) -> None:
+        environ = request.environ
+        self.method = request.method
+        self.path = environ.get("PATH_INFO", "")
+        self.query_string = environ.get("QUERY_STRING", "")
+        self.content_length = request.content_length
+        self.remote_addr = environ.get("REMOTE_ADDR", "")
+        self.remote_port = str(environ.get("REMOTE_PORT", ""))
+
+    def read(self, limit: int) -> bytes:
+        return read_body(limit)
+
 
 def create_flask_app(import_name: str) -> Flask:
     """A Flask app with httprouter's behaviour for unknown paths, wrong methods and panics."""
@@ -346,11 +415,15 @@ def route(
     *,
     v1: bool = True,
     log: bool = True,
+    fast_lane: bool = False,
 ) -> Callable[[Handler], Handler]:
     """Register ``handler`` for every method of ``path`` (a Werkzeug rule, e.g. ``/config/<opt>``).
 
     ``v1=False`` renders with ``http_api.PlainText`` (nsqd's /ping). ``log=False`` skips the
-    per-request INFO line, as nsqd does for /pub and /mpub.
+    per-request INFO line, as nsqd does for /pub and /mpub. ``fast_lane=True`` (a fixed path)
+    passes the handler a :class:`PlainRequest` as its one argument and also registers it in
+    the app's fast lane, where our server calls it straight from the parsed request; Flask's
+    view runs the same handler and rendering, so both answer alike.
     """
     declared = tuple(m.upper() for m in methods)
 
@@ -363,24 +436,12 @@ def route(
                 raise HTTPError(
                     405, "METHOD_NOT_ALLOWED", headers={"Allow": _allow_header(declared)}
                 )
-            started = time.perf_counter()
-            status = 200
-            try:
-                data = handler(**kwargs)
-            except HTTPError as exc:
-                status = exc.status
-                if not v1:
-                    return plain_text_response(exc.message, exc.status)
-                raise
-            except Exception:
-                status = 500
-                raise
-            finally:
-                if log:
-                    _log_request(status, started)
-            if isinstance(data, Response):
-                return data
-            return v1_response(data) if v1 else plain_text_response(data)
+            req = _FlaskRequest()
+            if fast_lane:
+                answer = _answer(handler, (req,), {}, req, v1, log)
+            else:
+                answer = _answer(handler, (), kwargs, req, v1, log)
+            return answer if isinstance(answer, Response) else parts_response(answer)
 
         view.__name__ = handler.__name__
         app.add_url_rule(
@@ -390,9 +451,48 @@ def route(
             methods=[*declared, *_HANDLED_EXTRA],
             provide_automatic_options=False,
         )
+        if fast_lane:
+
+            def fast_view(req: PlainRequest) -> Parts:
+                return _answer(handler, (req,), {}, req, v1, log)
+
+            lane = app.extensions.setdefault(FAST_LANE, {})
+            for method in declared:
+                lane[(method, path.encode("latin-1"))] = fast_view
         return handler
 
     return decorator
+
+
+def _answer(
+    handler: Handler,
+    args: tuple,
+    kwargs: dict,
+    req: PlainRequest,
+    v1: bool,
+    log: bool,
+) -> Parts | Response:
+    """Run a handler and render what it returns or raises; log the request if asked."""
+    started = time.perf_counter() if log else 0.0
+    status = 200
+    try:
+        data = handler(*args, **kwargs)
+    except HTTPError as exc:
+        status = exc.status
+        return error_parts(exc) if v1 else plain_text_parts(exc.message, exc.status)
+    except HTTPException:
+        status = 500
+        raise  # Werkzeug's own (Flask path only): rendered by _routing_error
+    except Exception as exc:
+        status = 500
+        logger.exception("panic in HTTP handler - %s", exc)
+        return error_parts(HTTPError(500, "INTERNAL_ERROR"))
+    finally:
+        if log:
+            _log_request(req, status, started)
+    if isinstance(data, Response):
+        return data
+    return v1_parts(data) if v1 else plain_text_parts(data)
 
 
 def _allow_header(methods: Iterable[str]) -> str:
@@ -401,25 +501,19 @@ def _allow_header(methods: Iterable[str]) -> str:
 
 
 def _options_response(allow: str) -> Response:
-    response = _response(b"", 200, [])
-    response.headers["Allow"] = allow
-    return response
+    return parts_response(_parts(b"", 200, [("Allow", allow)]))
 
 
-def _log_request(status: int, started: float) -> None:
-
+def _log_request(req: PlainRequest, status: int, started: float) -> None:
     elapsed_ns = int((time.perf_counter() - started) * 1e9)
-    uri = request.environ.get("PATH_INFO", "")
-    query = request.environ.get("QUERY_STRING", "")
-    if query:
-        uri = f"{uri}?{query}"
+    uri = f"{req.path}?{req.query_string}" if req.query_string else req.path
     logger.info(
         "%d %s %s (%s:%s) %s",
         status,
-        request.method,
+        req.method,
         uri,
-        request.environ.get("REMOTE_ADDR", ""),
-        request.environ.get("REMOTE_PORT", ""),
+        req.remote_addr,
+        req.remote_port,
         format_duration_ns(elapsed_ns),
     )
 
@@ -465,11 +559,9 @@ def _trailing_slash_redirect() -> Response | None:
             .replace("'", "&#39;")
         )
         body = f'<a href="{escaped}">Moved Permanently</a>.\n\n'.encode()
-        response = _response(body, 301, [("Content-Type", HTML_CONTENT_TYPE)])
-    else:
-        response = _response(b"", 307, [])
-    response.headers["Location"] = location
-    return response
+        headers = [("Content-Type", HTML_CONTENT_TYPE), ("Location", location)]
+        return parts_response(_parts(body, 301, headers))
+    return parts_response(_parts(b"", 307, [("Location", location)]))
 
 
 def _internal_error(exc: Exception) -> Response:
@@ -483,74 +575,13 @@ def _internal_error(exc: Exception) -> Response:
 # Serving
 
 
-def make_server(app: Flask, listener: socket, **ssl_args: Any) -> WSGIServer:
-    """A gevent WSGIServer for ``app`` on an already-bound, listening socket.
+def make_server(app: Flask, listener: socket, ssl_context: Any = None) -> HTTPServer:
+    """Our HTTP server for ``app`` on a bound, listening socket, with the app's fast lane.
 
-    Access lines go to the DEBUG level only (nsqd logs one INFO line per request itself) and
-    server errors to ERROR, through ``logs.wsgi_logs``. ``ssl_args`` (e.g. ``ssl_context=``)
-    pass through for the HTTPS listener.
+    The fast lane is left out when the app has request hooks (e.g. nsqd's --tls-required gate),
+    because its handlers would skip them. ``ssl_context`` makes it HTTPS.
     """
-    return WSGIServer(listener, app, handler_class=_Handler, **logs.wsgi_logs(), **ssl_args)
-
-
-#: Go's net/http discards at most this much unread request body to keep a connection alive.
-_MAX_POST_HANDLER_READ = 256 << 10
-#: How long Go keeps reading after a half-close so the client sees the answer, not a reset.
-_LINGER_SECONDS = 0.5
-
-
-class _Handler(WSGIHandler):
-    """pywsgi's handler, but like Go's server it never reads a big unread body to the end.
-
-    nsqd answers 413 from Content-Length alone; gevent would then read (and wait for) the whole
-    body before closing. Instead, when the body left is big or the connection closes anyway,
-    half-close and drain briefly, so the client reads the 413 rather than a connection reset.
-    """
-
-    def __init__(self, sock, address, server, rfile=None) -> None:
-        # Headers and body leave in separate writes: without TCP_NODELAY the body waits for
-        # the client's delayed ACK (~40 ms a request on keep-alive connections).
-        try:
-            sock.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
-        except OSError:
-            pass
-        super().__init__(sock, address, server, rfile)
-
-    def read_request(self, raw_requestline: str) -> bool:
-        """Refuse what Go's net/http refuses with 400: a request line without an HTTP
-        version, header lines without a colon, and conflicting Content-Length headers (a
-        request-smuggling vector)."""
-        if len(raw_requestline.split()) != 3:
-            raise ValueError(f"malformed HTTP request {raw_requestline!r}")
-        parsed = super().read_request(raw_requestline)
-        if self.headers.defects:
-            raise ValueError(f"malformed MIME header line: {self.headers.defects[0]}")
-        lengths = {value.strip() for value in self.headers.get_all("content-length") or ()}
-        if len(lengths) > 1:
-            raise ValueError("conflicting Content-Length headers")
-        return parsed
-
-    def run_application(self) -> None:
-        super().run_application()
-        body = self.wsgi_input
-        if body is None or not self.response_length and not self.headers_sent:
-            return
-        unread = (body.content_length or 0) - body.position
-        if not (unread > 0 or body.chunked_input):
-            return
-        if not (self.close_connection or body.chunked_input or unread > _MAX_POST_HANDLER_READ):
-            return
-        self.close_connection = True
-        body.content_length = body.position  # nothing left for pywsgi's _discard()
-        body.chunked_input = False
-        self._linger()
-
-    def _linger(self) -> None:
-        sock = self.socket
-        try:
-            sock.shutdown(SHUT_WR)
-            with gevent.Timeout(_LINGER_SECONDS, False):
-                while sock.recv(65536):
-                    pass
-        except OSError:
-            pass
+    hooks = (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs)
+    has_hooks = any(funcs for table in hooks for funcs in table.values())
+    lane = {} if has_hooks else app.extensions.get(FAST_LANE, {})
+    return HTTPServer(listener, app, fast_lane=lane, ssl_context=ssl_context)

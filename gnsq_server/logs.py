@@ -31,7 +31,7 @@ _LABELS = (  # (lowest Python level, nsqd's label), highest first
     (logging.NOTSET, "DEBUG"),
 )
 
-#: Loggers the HTTP glue hands to gevent's WSGIServer (see ``wsgi_logs``).
+#: The HTTP server's access lines (DEBUG: nsqd logs its own INFO line per request) and errors.
 ACCESS_LOGGER = "gnsq_server.http.access"
 ERROR_LOGGER = "gnsq_server.http.error"
 
@@ -155,7 +155,7 @@ def get_level() -> str:
 
 
 class LogWriter:
-    """A file-like ``write`` that logs each line at a fixed level, for gevent's WSGIServer."""
+    """A file-like ``write`` that logs each line at a fixed level (the server's wsgi.errors)."""
 
     def __init__(self, logger: logging.Logger, level: int) -> None:
         self.logger = logger
@@ -172,15 +172,3 @@ class LogWriter:
 
     def flush(self) -> None:
         pass
-
-
-def wsgi_logs() -> dict[str, LogWriter]:
-    """``log``/``error_log`` keyword arguments for gevent's WSGIServer.
-
-    Access lines go out at DEBUG, so they only show with ``--log-level=debug`` (nsqd does not
-    log each request); server errors at ERROR, in our format instead of raw stderr.
-    """
-    return {
-        "log": LogWriter(logging.getLogger(ACCESS_LOGGER), logging.DEBUG),
-        "error_log": LogWriter(logging.getLogger(ERROR_LOGGER), logging.ERROR),
-    }

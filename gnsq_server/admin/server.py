@@ -10,7 +10,6 @@ import time
 
 import gevent
 import gevent.event
-from gevent.pywsgi import WSGIServer
 from werkzeug.exceptions import NotFound
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
@@ -21,6 +20,7 @@ from gnsq_server.admin.notify import Notifier
 from gnsq_server.admin.rates import RateHistory
 from gnsq_server.config import Options
 from gnsq_server.httpapi import make_server
+from gnsq_server.httpserver import HTTPServer
 from gnsq_server.serving import format_address, listen, run_until_signalled
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class AdminServer:
         if base:
             self.app.wsgi_app = DispatcherMiddleware(NotFound(), {base: self.app.wsgi_app})
         self.http_port: int | None = None
-        self._http_server: WSGIServer | None = None
+        self._http_server: HTTPServer | None = None
         self._sampler: gevent.Greenlet | None = None
 
     def start(self) -> None:

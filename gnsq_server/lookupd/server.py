@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import socket as stdlib_socket
 
-from gevent.pywsgi import WSGIServer
 from gevent.server import StreamServer
 
 from gnsq_server import NSQ_VERSION
 from gnsq_server.config import Options
 from gnsq_server.httpapi import make_server
+from gnsq_server.httpserver import HTTPServer
 from gnsq_server.lookupd.http import create_app
 from gnsq_server.lookupd.protocol_v1 import LookupProtocolV1
 from gnsq_server.lookupd.registry import RegistrationDB
@@ -36,7 +36,7 @@ class LookupdServer:
         self.tcp_port: int | None = None
         self.http_port: int | None = None
         self._tcp_server: StreamServer | None = None
-        self._http_server: WSGIServer | None = None
+        self._http_server: HTTPServer | None = None
 
     def identify_info(self) -> dict[str, object]:
         """What IDENTIFY answers; nsqd uses broadcast_address and http_port to call /channels."""

@@ -19,10 +19,12 @@ from flask import Flask, Response, request
 from gnsq_server import NSQ_VERSION, config
 from gnsq_server.httpapi import (
     HTTPError,
+    PlainRequest,
     create_flask_app,
     first,
     query_params,
     read_body,
+    request_params,
     required,
     route,
     topic_channel_args,
@@ -62,8 +64,8 @@ def create_app(
         def tlsrequired() -> None:
             raise HTTPError(403, "TLS_REQUIRED", https_port=nsqd.https_port)
 
-    @route(app, "/ping", ["GET"], v1=False)
-    def ping() -> str:
+    @route(app, "/ping", ["GET"], v1=False, fast_lane=True)
+    def ping(req: PlainRequest) -> str:
         health = nsqd.health()
         if health != "OK":
             raise HTTPError(500, health)
@@ -86,37 +88,14 @@ def create_app(
 
     # -- publishing ---------------------------------------------------------------------
 
-    @route(app, "/pub", ["POST"], log=False)
-    def pub() -> str:
-        max_msg_size = opts.max_msg_size
-        if (request.content_length or 0) > max_msg_size:
-            raise HTTPError(413, "MSG_TOO_BIG")
-        body = read_body(max_msg_size + 1)
-        if len(body) > max_msg_size:
-            raise HTTPError(413, "MSG_TOO_BIG")
-        if not body:
-            raise HTTPError(400, "MSG_EMPTY")
-        params, topic = _topic_from_query(nsqd)
-        defer_ms = 0
-        if "defer" in params:
-            defer_ms = _parse_defer(params["defer"][0], opts.max_req_timeout)
-        _publish(topic, [body], defer_ms / 1000.0)
+    @route(app, "/pub", ["POST"], log=False, fast_lane=True)
+    def pub(req: PlainRequest) -> str:
+        publish_message(nsqd, req)
         return "OK"
 
-    @route(app, "/mpub", ["POST"], log=False)
-    def mpub() -> str:
-        if (request.content_length or 0) > opts.max_body_size:
-            raise HTTPError(413, "BODY_TOO_BIG")
-        params, topic = _topic_from_query(nsqd)
-        binary = False
-        if "binary" in params:
-            # nsqd treats any unrecognised value as binary (deprecated spelling).
-            binary = _BOOL_PARAMS.get(params["binary"][0], True)
-        if binary:
-            bodies = _read_binary_mpub(opts.max_msg_size, opts.max_body_size)
-        else:
-            bodies = _read_text_mpub(opts.max_msg_size, opts.max_body_size)
-        _publish(topic, bodies)
+    @route(app, "/mpub", ["POST"], log=False, fast_lane=True)
+    def mpub(req: PlainRequest) -> str:
+        publish_messages(nsqd, req)
         return "OK"
 
     # -- stats --------------------------------------------------------------------------
@@ -148,7 +127,7 @@ def create_app(
 
     @route(app, "/topic/create", ["POST"])
     def topic_create() -> None:
-        _topic_from_query(nsqd)
+        _topic_from_params(nsqd, query_params())
 
     @route(app, "/topic/delete", ["POST"])
     def topic_delete() -> None:
@@ -233,13 +212,12 @@ def _ns(seconds: float) -> int:
     return int(round(seconds * _NS))
 
 
-def _topic_from_query(nsqd: Any) -> tuple[dict[str, list[str]], Any]:
+def _topic_from_params(nsqd: Any, params: dict[str, list[str]]) -> Any:
     """nsqd's getTopicFromQuery: validate the topic name, then get (and so create) the topic."""
-    params = query_params()
     name = required(params, "topic")
     if not is_valid_name(name):
         raise HTTPError(400, "INVALID_TOPIC")
-    return params, nsqd.get_topic(name)
+    return nsqd.get_topic(name)
 
 
 def _existing_topic(nsqd: Any, name: str) -> Any:
@@ -284,6 +262,48 @@ def _parse_defer(raw: str, max_req_timeout: float) -> int:
     return value
 
 
+# ---------------------------------------------------------------------------------------------
+# Publishing: the code behind /pub and /mpub on both paths (Flask's view and the server's fast
+# lane call these with a PlainRequest), in nsqd's order of checks
+
+
+def publish_message(nsqd: Any, req: PlainRequest) -> None:
+    """/pub: the body is judged before the query; ``defer`` is in milliseconds."""
+    opts = nsqd.opts
+    max_msg_size = opts.max_msg_size
+    if (req.content_length or 0) > max_msg_size:
+        raise HTTPError(413, "MSG_TOO_BIG")
+    body = req.read(max_msg_size + 1)
+    if len(body) > max_msg_size:
+        raise HTTPError(413, "MSG_TOO_BIG")
+    if not body:
+        raise HTTPError(400, "MSG_EMPTY")
+    params = request_params(req.query_string)
+    topic = _topic_from_params(nsqd, params)
+    defer_ms = 0
+    if "defer" in params:
+        defer_ms = _parse_defer(params["defer"][0], opts.max_req_timeout)
+    _publish(topic, [body], defer_ms / 1000.0)
+
+
+def publish_messages(nsqd: Any, req: PlainRequest) -> None:
+    """/mpub: the query is judged before the body, which is text lines or ``binary``."""
+    opts = nsqd.opts
+    if (req.content_length or 0) > opts.max_body_size:
+        raise HTTPError(413, "BODY_TOO_BIG")
+    params = request_params(req.query_string)
+    topic = _topic_from_params(nsqd, params)
+    binary = False
+    if "binary" in params:
+        # nsqd treats any unrecognised value as binary (deprecated spelling).
+        binary = _BOOL_PARAMS.get(params["binary"][0], True)
+    if binary:
+        bodies = _binary_mpub(req.read(opts.max_body_size), opts.max_msg_size, opts.max_body_size)
+    else:
+        bodies = _text_mpub(req.read(opts.max_body_size + 1), opts.max_msg_size, opts.max_body_size)
+    _publish(topic, bodies)
+
+
 def _publish(topic: Any, bodies: list[bytes], defer: float = 0.0) -> None:
     """A topic being deleted or a stopping daemon is 503 EXITING, as in nsqd; a channel
     policy's max_depth is 503 MAX_DEPTH (gnsq); a failed disk write is 500, so that a full
@@ -302,10 +322,10 @@ def _publish(topic: Any, bodies: list[bytes], defer: float = 0.0) -> None:
 # /mpub bodies
 
 
-def _read_text_mpub(max_msg_size: int, max_body_size: int) -> list[bytes]:
-    """Newline-separated messages, judged line by line as nsqd's bufio loop does."""
+def _text_mpub(data: bytes, max_msg_size: int, max_body_size: int) -> list[bytes]:
+    """Newline-separated messages, judged line by line as nsqd's bufio loop does; ``data`` was
+    read with a bound of max-body-size + 1."""
     read_max = max_body_size + 1
-    data = read_body(read_max)
     bodies: list[bytes] = []
     total = 0
     start = 0
@@ -328,14 +348,13 @@ def _read_text_mpub(max_msg_size: int, max_body_size: int) -> list[bytes]:
     return bodies
 
 
-def _read_binary_mpub(max_msg_size: int, max_body_size: int) -> list[bytes]:
+def _binary_mpub(data: bytes, max_msg_size: int, max_body_size: int) -> list[bytes]:
     """``[int32 count]([int32 size][body])*``: TCP MPUB without its body-size prefix.
 
     Errors are 413 with the TCP code minus ``E_``. The body is read with a bound of
     max-body-size (nsqd only checks Content-Length here, so a chunked body bigger than that is
     refused by us and accepted by nsqd).
     """
-    data = read_body(max_body_size)
     if len(data) < 4:
         raise HTTPError(413, "BAD_BODY")
     (count,) = _INT32.unpack_from(data)

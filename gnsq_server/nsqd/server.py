@@ -10,11 +10,11 @@ import time
 
 import gevent
 from gevent.event import Event
-from gevent.pywsgi import WSGIServer
 from gevent.server import StreamServer
 
 from .. import version_line
 from ..httpapi import make_server
+from ..httpserver import HTTPServer
 from ..serving import format_address, listen, run_until_signalled
 from .e2e import E2ELatency
 from .lookup_peer import Lookup
@@ -36,8 +36,8 @@ class NSQDServer:
         self.e2e = E2ELatency(self.nsqd)  # before open(): channels loaded get their streams
         self.statsd = StatsdLoop(self.nsqd, self.e2e)
         self._tcp_server: StreamServer | None = None
-        self._http_server: WSGIServer | None = None
-        self._https_server: WSGIServer | None = None
+        self._http_server: HTTPServer | None = None
+        self._https_server: HTTPServer | None = None
         self._stopping = False
         self._stopped = Event()
 

@@ -136,16 +136,12 @@ def test_every_line_is_flushed():
         root.setLevel(saved_level)
 
 
-def test_wsgi_access_lines_only_at_debug(stream):
-    writers = logs.wsgi_logs()
-    writers["log"].write('127.0.0.1 - - [x] "GET /ping HTTP/1.1" 200 2 0.000\n')
-    writers["error_log"].write("Traceback: oops\n")
-    logs.set_level("debug")
-    writers["log"].write("access at debug\n")
-    assert [LINE.match(line)["message"] for line in lines(stream)] == [
-        "Traceback: oops",
-        "access at debug",
-    ]
+def test_wsgi_errors_writer_logs_lines(stream):
+    writer = logs.LogWriter(logging.getLogger(logs.ERROR_LOGGER), logging.ERROR)
+    writer.write("Traceback: oops\n")
+    writer.writelines(["one\n", "\n", "two"])
+    messages = [LINE.match(line)["message"] for line in lines(stream)]
+    assert messages == ["Traceback: oops", "one", "two"]
 
 
 def test_log_file_rotates_and_reopens(stream, tmp_path):
