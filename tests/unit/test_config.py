@@ -199,6 +199,8 @@ NSQD_DEFAULTS = {
     "snappy": True,
     "crash_safe": False,
     "drain_timeout": 0.0,
+    "retention_time": 0.0,
+    "retention_bytes": 0,
 }
 
 LOOKUPD_DEFAULTS = {
