@@ -139,14 +139,16 @@ class Channel:
         self.message_count += count
         self._pump()
 
-    def replay(self, since_ns: int | None) -> int:
+    def replay(self, since_ns: int | None) -> tuple[int, int]:
         """Crash-safe mode: deliver again what was published since `since_ns` (unix ns;
-        None: the oldest retained message). Returns how many messages are now queued."""
+        None: the oldest retained message). Returns the cursor's new position and how many
+        messages it queued from there."""
         if not self.durable:
             raise ChannelError("replay needs --crash-safe")
-        self.backend.rewind(self.backend.log.seq_at(since_ns))
+        position = self.backend.rewind(self.backend.log.seq_at(since_ns))
+        queued = self.backend.depth()
         self._pump()
-        return self.backend.depth()
+        return position, queued
 
     def _enqueue(self, msg: Message) -> None:
         if self._ready and not self.paused:

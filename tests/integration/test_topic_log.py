@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import signal
 import time
+from datetime import datetime, timezone
 
+import gevent
+import gnsq
 import pytest
 
 from .test_durability import (
+    channel_stats,
     drain,
     gnsqd_processes,
+    http,
     publish,
     receive,
+    stats,
     stop_cleanly,
     subscribe,
 )
@@ -104,3 +110,157 @@ def test_three_channels_write_each_message_once(run_gnsqd, tmp_path):
     three = _written_per_message(run_gnsqd, tmp_path / "three", 3, 5000)
     assert one > 200, f"{one:.0f} bytes per message: is the log written at all?"
     assert three <= 1.2 * one, f"3 channels: {three:.0f} B/msg, 1 channel: {one:.0f} B/msg"
+
+
+# -- replay with real clients ----------------------------------------------------------------
+
+
+class Collector:
+    """A gnsq.Consumer (auto-FIN) on one channel that keeps every body it gets."""
+
+    def __init__(self, port: int, topic: str, channel: str) -> None:
+        self.bodies: list[bytes] = []
+        self.consumer = gnsq.Consumer(
+            topic, channel, nsqd_tcp_addresses=[f"127.0.0.1:{port}"], max_in_flight=100
+        )
+        self.consumer.on_message.connect(self._got, weak=False)
+        self.consumer.start(block=False)
+
+    def _got(self, _consumer, message) -> None:
+        self.bodies.append(message.body)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.bodies) < count:
+            assert time.monotonic() < deadline, f"{len(self.bodies)} of {count} arrived"
+            gevent.sleep(0.02)
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.consumer.join(timeout=5)
+
+
+
+
+def replay(server, channel: str, since: str, topic: str = "rp"):
+    params = {"topic": topic, "channel": channel, "since": since}
+    return http(server, "POST", "/channel/replay", params=params)
+
+
+def test_replay_from_a_time_redelivers_exactly_what_was_published_since(run_gnsqd, tmp_path):
+    server = crash_safe(run_gnsqd, tmp_path / "data", "--max-bytes-per-file=4096")
+    port = server.tcp_port
+    a, b = Collector(port, "rp", "a"), Collector(port, "rp", "b")
+    producer = gnsq.Producer([f"127.0.0.1:{port}"])
+    producer.start()
+    before, after = bodies("before", 300), bodies("after", 200)
+    try:
+        for start in range(0, 300, 30):  # several segments
+            producer.multipublish("rp", before[start : start + 30])
+        a.wait_for(300)
+        b.wait_for(300)
+        gevent.sleep(0.01)
+        since = datetime.now(timezone.utc)
+        gevent.sleep(0.01)
+        producer.multipublish("rp", after)
+        a.wait_for(500)
+        b.wait_for(500)
+        gevent.sleep(0.3)  # the FINs reach gnsqd
+
+        reply = replay(server, "a", since.isoformat())
+        assert reply.status_code == 200, reply.text
+        assert reply.json() == {"position": 300, "queued": 200}
+        a.wait_for(700)
+        gevent.sleep(0.5)
+        assert sorted(a.bodies[500:]) == after, "a replay delivers exactly what came since"
+        assert len(b.bodies) == 500, "other channels are untouched"
+
+        # unix ns works too, and "oldest" goes back to the first retained message
+        reply = replay(server, "b", str(time.time_ns() + 10**9))
+        assert reply.json()["queued"] == 0
+        reply = replay(server, "b", "oldest")
+        assert reply.status_code == 200
+        b.wait_for(1000)
+        gevent.sleep(0.3)
+        assert sorted(b.bodies[500:]) == sorted(before + after)
+        assert len(a.bodies) == 700
+    finally:
+        a.close()
+        b.close()
+        producer.close()
+        producer.join(timeout=5)
+    stop_cleanly(server)
+
+
+def test_replay_and_retention_reject_bad_input_and_keep_serving(run_gnsqd, tmp_path):
+    server = crash_safe(run_gnsqd, tmp_path / "data")
+    consumer = subscribe(server.tcp_port, "rp", "a")
+    for since, status, message in [
+        ("yesterday", 400, "INVALID_SINCE"),
+        ("2026-01-01T00:00:00", 400, "INVALID_SINCE"),  # no offset: ambiguous
+    ]:
+        reply = replay(server, "a", since)
+        assert (reply.status_code, reply.json()["message"]) == (status, message)
+    reply = http(server, "POST", "/channel/replay", params={"topic": "rp", "channel": "a"})
+    assert (reply.status_code, reply.json()["message"]) == (400, "MISSING_ARG_SINCE")
+    reply = replay(server, "nope", "oldest")
+    assert reply.status_code == 404
+    reply = http(server, "POST", "/topic/retention", params={"topic": "rp", "time": "-1s"})
+    assert (reply.status_code, reply.json()["message"]) == (400, "INVALID_TIME")
+    reply = http(server, "POST", "/topic/retention", params={"topic": "rp", "bytes": "lots"})
+    assert (reply.status_code, reply.json()["message"]) == (400, "INVALID_BYTES")
+    publish(server.tcp_port, "rp", [b"still-serving"])
+    consumer.command(b"RDY 1")
+    assert [m.body for m in receive(consumer, 1)] == [b"still-serving"]
+    stop_cleanly(server)
+
+    plain = run_gnsqd(tmp_path / "plain")
+    subscribe(plain.tcp_port, "rp", "a").close()
+    reply = replay(plain, "a", "oldest")
+    assert (reply.status_code, reply.json()["message"]) == (400, "NOT_CRASH_SAFE")
+    stop_cleanly(plain)
+
+
+# -- retention and stats ---------------------------------------------------------------------
+
+
+def test_retention_keeps_consumed_segments_for_replay_and_stats_show_them(run_gnsqd, tmp_path):
+    data = tmp_path / "data"
+    flags = ("--max-bytes-per-file=4096", "--sync-timeout=100ms")
+    server = crash_safe(run_gnsqd, data, *flags)
+    consumer = subscribe(server.tcp_port, "ret", "ch", rdy=500)
+    for start in range(0, 400, 40):
+        publish(server.tcp_port, "ret", bodies("first", 400)[start : start + 40])
+    receive(consumer, 400)
+    time.sleep(0.5)  # a sync deletes what every channel is done with
+    topic = stats(server)["topics"][0]
+    assert topic["log_retained_bytes"] == 0 and topic["log_first_seq"] > 0
+    assert topic["log_end_seq"] == 400 and 0 < topic["log_bytes"] <= 8192
+    channel = channel_stats(server, "ret", "ch")
+    assert (channel["log_position"], channel["log_committed"]) == (400, 400)
+
+    reply = http(server, "POST", "/topic/retention", params={"topic": "ret", "time": "1h"})
+    assert reply.json() == {"retention_time": 3600 * 10**9, "retention_bytes": 0}
+    for start in range(0, 400, 40):
+        publish(server.tcp_port, "ret", bodies("second", 400)[start : start + 40])
+    receive(consumer, 400)
+    time.sleep(0.5)
+    topic = stats(server)["topics"][0]
+    assert topic["log_retained_bytes"] > 10_000, topic
+    assert topic["retention_time"] == 3600 * 10**9
+    metrics = http(server, "GET", "/metrics").text
+    assert 'nsq_topic_log_retained_bytes{topic="ret"}' in metrics
+    assert 'nsq_channel_log_position{channel="ch",topic="ret"} 800.0' in metrics
+    stop_cleanly(server)
+
+    server = crash_safe(run_gnsqd, data, *flags)  # the override survives a restart
+    reply = http(server, "GET", "/topic/retention", params={"topic": "ret"})
+    assert reply.json()["retention_time"] == 3600 * 10**9
+    first_seq = stats(server)["topics"][0]["log_first_seq"]
+    assert first_seq <= 400, "the second batch is retained whole"
+    reply = replay(server, "ch", "oldest", topic="ret")
+    assert reply.json() == {"position": first_seq, "queued": 800 - first_seq}
+    consumer = subscribe(server.tcp_port, "ret", "ch", rdy=1000)
+    expected = (bodies("first", 400) + bodies("second", 400))[first_seq:]
+    assert sorted(m.body for m in receive(consumer, 800 - first_seq)) == sorted(expected)
+    stop_cleanly(server)
