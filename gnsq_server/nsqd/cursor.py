@@ -106,8 +106,10 @@ class Cursor:
         self._closed = False
         self._reader = LogReader(log)
         if self.path is not None and not self._load():
+            # Persisted at the next sync, not here: creating a channel must not yield, or a
+            # second SUB would create it again. Until then a crash restarts this cursor at the
+            # oldest record (see nsqd.new_channel): duplicates, never a loss.
             self._changes = 1
-            self.persist()  # a new channel's start must survive a crash from now on
         log.cursors[name] = self
 
     # ---- state file ---------------------------------------------------------------------

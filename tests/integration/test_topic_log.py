@@ -12,7 +12,9 @@ import gnsq
 import pytest
 
 from .test_durability import (
+    Wire,
     channel_stats,
+    dpub,
     drain,
     gnsqd_processes,
     http,
@@ -77,6 +79,55 @@ def test_kill_9_with_held_messages_redelivers_only_unfinished(run_gnsqd, tmp_pat
     assert len(redelivered) <= 0.05 * len(finished), f"{len(redelivered)} finished came back"
     idle_got = drain(subscribe(server.tcp_port, "hold", "idle", rdy=500), quiet=1.5)
     assert {msg.body for msg in idle_got} == set(sent), "the idle channel lost messages"
+    stop_cleanly(server)
+
+
+def test_deferred_and_delayed_requeue_keep_their_due_times_across_kill_9(run_gnsqd, tmp_path):
+    data = tmp_path / "data"
+    server = crash_safe(run_gnsqd, data, "--sync-timeout=100ms")
+    consumer = subscribe(server.tcp_port, "due", "ch", rdy=1)
+    dpub(server.tcp_port, "due", 3000, [b"dpub-3s"])
+    published = time.monotonic()
+    publish(server.tcp_port, "due", [b"req-3s"])
+    msg = consumer.message()
+    assert msg is not None and msg.body == b"req-3s"
+    consumer.command(b"REQ %s 3000" % msg.id)
+    requeued = time.monotonic()
+    time.sleep(0.5)  # past --sync-timeout: the cursor has the requeue's due time
+    kill_9(server)
+    consumer.close()
+
+    server = crash_safe(run_gnsqd, data, "--sync-timeout=100ms")
+    consumer = subscribe(server.tcp_port, "due", "ch", rdy=10)
+    assert channel_stats(server, "due", "ch")["deferred_count"] == 2
+    arrived = {}
+    while len(arrived) < 2:
+        msg = consumer.message(timeout=6.0)
+        assert msg is not None, f"only {sorted(arrived)} arrived"
+        arrived[msg.body] = time.monotonic()
+        consumer.queue(b"FIN " + msg.id)
+    consumer.flush()
+    assert 2.8 <= arrived[b"dpub-3s"] - published <= 4.5, arrived[b"dpub-3s"] - published
+    assert 2.8 <= arrived[b"req-3s"] - requeued <= 4.5, arrived[b"req-3s"] - requeued
+    stop_cleanly(server)
+
+
+def test_two_subs_racing_to_create_a_channel_share_it(run_gnsqd, tmp_path):
+    """Creating a crash-safe channel must not yield: two SUBs arriving together once made
+    two channel objects reading the same cursor position, so both consumers got everything."""
+    server = crash_safe(run_gnsqd, tmp_path / "data")
+    wires = [Wire(server.tcp_port) for _ in range(2)]
+    for wire in wires:
+        wire.command(b"SUB race ch")
+    for wire in wires:
+        assert wire.response() == b"OK"
+    publish(server.tcp_port, "race", bodies("race", 1000), batch=100)
+    for wire in wires:
+        wire.command(b"RDY 300")
+    got = [msg.body for wire in wires for msg in drain(wire, quiet=1.0)]
+    assert sorted(got) == bodies("race", 1000), f"{len(got)} deliveries of 1000 messages"
+    channel = channel_stats(server, "race", "ch")
+    assert channel["client_count"] == 2
     stop_cleanly(server)
 
 
