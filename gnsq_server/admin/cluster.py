@@ -22,6 +22,9 @@ import gevent
 Fetch = Callable[[str, str], Any]
 
 TOPIC_ACTIONS = ("pause", "unpause", "empty")
+#: gnsqd --crash-safe's topic log figures, passed through from a node's /stats when present
+LOG_TOPIC_KEYS = ("log_bytes", "log_retained_bytes", "log_first_seq", "log_end_seq")
+LOG_CHANNEL_KEYS = ("log_position", "log_committed")
 
 
 class UpstreamError(Exception):
@@ -170,6 +173,7 @@ def node_channel_stats(
         "paused": bool(channel.get("paused", False)),
         "e2e_processing_latency": _e2e(channel.get("e2e_processing_latency"), topic,
                                        channel["channel_name"], node),
+        **{key: channel[key] for key in LOG_CHANNEL_KEYS if key in channel},
     }
 
 
@@ -194,6 +198,7 @@ def node_topic_stats(producer: dict[str, Any], topic: dict[str, Any], now: float
         "paused": bool(topic.get("paused", False)),
         "e2e_processing_latency": _e2e(topic.get("e2e_processing_latency"), name, "",
                                        producer["node"]),
+        **{key: topic[key] for key in LOG_TOPIC_KEYS if key in topic},
     }
 
 
@@ -469,6 +474,16 @@ class ClusterInfo:
         params = {"topic": topic, "channel": channel}
         self._post_all(
             [("POST", http_url(p["http_address"], f"/channel/{action}", params))
+             for p in producers],
+            errors,
+        )
+
+    def replay_channel(self, topic: str, channel: str, since: str, errors: list[str]) -> None:
+        """gnsqd --crash-safe: deliver again what was published since `since` on every node."""
+        producers = self.topic_producers(topic, errors)
+        params = {"topic": topic, "channel": channel, "since": since}
+        self._post_all(
+            [("POST", http_url(p["http_address"], "/channel/replay", params))
              for p in producers],
             errors,
         )

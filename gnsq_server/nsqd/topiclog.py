@@ -78,7 +78,7 @@ RECORD_OVERHEAD = _RECORD.size + _PAYLOAD.size
 
 #: recently appended messages kept in memory, so channels at the tail never read the disk
 TAIL_MESSAGES = 16384
-TAIL_BYTES = 32 * 1024 * 1024
+TAIL_BYTES = 8 * 1024 * 1024
 READ_BUFFER_SIZE = 64 * 1024
 INDEX_EVERY = 512
 

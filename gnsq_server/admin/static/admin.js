@@ -107,7 +107,21 @@ function topicButtons(topic) {
 function channelButtons(topic, channel) {
   const attrs = { topic, channel: channel.channel_name };
   return (channel.paused ? button("unpause", "Unpause", attrs) : button("pause", "Pause", attrs))
-    + button("empty", "Empty", attrs, true) + button("delete", "Delete", attrs, true);
+    + button("empty", "Empty", attrs, true) + button("delete", "Delete", attrs, true)
+    + (hasLog(channel.nodes) ? button("replay", "Replay…", attrs, true) : "");
+}
+
+// gnsqd --crash-safe nodes report their topic log; the others do not
+function hasLog(nodes) {
+  return (nodes || []).some((n) => "log_position" in n || "log_bytes" in n);
+}
+
+function logSummary(nodes) {
+  if (!hasLog(nodes)) return "";
+  const parts = nodes.map((n) => ("log_position" in n
+    ? `${esc(n.node)}: position ${num(n.log_position)}, finished below ${num(n.log_committed)}`
+    : `${esc(n.node)}: ${num(n.log_bytes)} B, ${num(n.log_retained_bytes)} B retained for replay, seq ${num(n.log_first_seq)}–${num(n.log_end_seq)}`));
+  return `<p class="muted log-summary">Topic log · ${parts.join(" · ")}</p>`;
 }
 
 // --- views ---------------------------------------------------------------------------------
@@ -200,7 +214,8 @@ function renderTopic(r, t, ov) {
     <div class="card"><b>${num(t.backend_depth)}</b> on disk</div>
     <div class="card"><b>${num(t.message_count)}</b> messages</div>
     <div class="card"><b>${t.nodes.length}</b> nodes</div>
-    <div class="card">${t.paused ? '<b class="paused">paused</b>' : "<b>active</b>"}</div></div>`);
+    <div class="card">${t.paused ? '<b class="paused">paused</b>' : "<b>active</b>"}</div></div>`
+    + logSummary(t.nodes));
   patch("s-actions", `<div class="actions">${topicButtons(t)}</div>`);
   const tomb = CONFIG.lookupd.length > 0;
   patch("s-nodes", `<h2>Nodes</h2><table id="topic-nodes"><thead><tr><th>Node</th>
@@ -234,7 +249,8 @@ function renderChannel(r, c, ov) {
     <div class="card"><b>${num(c.requeue_count)}</b> requeued</div>
     <div class="card"><b>${num(c.timeout_count)}</b> timed out</div>
     <div class="card"><b>${num(c.message_count)}</b> messages</div>
-    <div class="card">${c.paused ? '<b class="paused">paused</b>' : "<b>active</b>"}</div></div>`);
+    <div class="card">${c.paused ? '<b class="paused">paused</b>' : "<b>active</b>"}</div></div>`
+    + logSummary(c.nodes));
   patch("s-actions", `<div class="actions">${channelButtons(r.topic, c)}</div>`);
   patch("s-nodes", `<h2>Nodes</h2><table><thead><tr><th>Node</th><th class="num">Depth</th>
     <th class="num">Memory</th><th class="num">Disk</th><th class="num">In-flight</th>
@@ -352,15 +368,24 @@ function confirmDialog(text) {
 async function act(btn) {
   const { action, topic, channel, node } = btn.dataset;
   const target = channel ? `channel ${topic}/${channel}` : `topic ${topic}`;
+  let since = null;
+  if (action === "replay") {
+    const hourAgo = new Date(Date.now() - 3600e3).toISOString();
+    since = window.prompt("Replay from (RFC 3339 time, Unix ns, or \"oldest\"):", hourAgo);
+    if (!since) return;
+  }
   const question = action === "tombstone"
     ? `Tombstone topic ${topic} on node ${node}? Lookupds stop listing it for consumers.`
-    : `${action[0].toUpperCase() + action.slice(1)} ${target} on every node?`;
+    : action === "replay"
+      ? `Replay ${target} from ${since}? Every message published since then is delivered again to this channel (other channels are untouched).`
+      : `${action[0].toUpperCase() + action.slice(1)} ${target} on every node?`;
   if (!(await confirmDialog(question))) return;
   const path = channel ? `/api/topics/${seg(topic)}/${seg(channel)}` : `/api/topics/${seg(topic)}`;
   try {
     let result;
     if (action === "tombstone") result = await api("DELETE", `/api/nodes/${seg(node)}`, { topic });
     else if (action === "delete") result = await api("DELETE", path);
+    else if (action === "replay") result = await api("POST", path, { action, since });
     else result = await api("POST", path, { action });
     flash(result.message || `${action}: done (${target})`, Boolean(result.message));
     if (action === "delete") {
