@@ -190,6 +190,11 @@ class LogReader:
                 segment = log.segment_after(self._base)
                 if segment is None:
                     return None  # the end of the last segment
+                if self._next < segment.base:
+                    logger.error(
+                        "TOPICLOG(%s) damaged record in segment %d: seqs %d..%d skipped",
+                        log.name, self._base, self._next, segment.base - 1,
+                    )
                 seq = max(seq, segment.base)
                 continue
             found, msg, _ = got

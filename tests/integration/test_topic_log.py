@@ -12,7 +12,10 @@ import gnsq
 import pytest
 
 from .test_durability import (
+    FullDisk,
+    ServerError,
     Wire,
+    assert_silent,
     channel_stats,
     dpub,
     drain,
@@ -315,3 +318,71 @@ def test_retention_keeps_consumed_segments_for_replay_and_stats_show_them(run_gn
     expected = (bodies("first", 400) + bodies("second", 400))[first_seq:]
     assert sorted(m.body for m in receive(consumer, 800 - first_seq)) == sorted(expected)
     stop_cleanly(server)
+
+
+# -- holding, deleting, a full disk ----------------------------------------------------------
+
+
+def test_held_messages_survive_a_crash_and_pause_holds_them_for_every_channel(
+    run_gnsqd, tmp_path
+):
+    data = tmp_path / "data"
+    server = crash_safe(run_gnsqd, data, "--sync-timeout=100ms")
+    publish(server.tcp_port, "held", bodies("held", 30))  # no channel yet: the topic holds
+    assert stats(server)["topics"][0]["depth"] == 30
+    kill_9(server)
+
+    server = crash_safe(run_gnsqd, data, "--sync-timeout=100ms")
+    assert stats(server)["topics"][0]["depth"] == 30
+    first = subscribe(server.tcp_port, "held", "first", rdy=100)
+    assert sorted(m.body for m in receive(first, 30)) == bodies("held", 30)
+
+    assert http(server, "POST", "/topic/pause", params={"topic": "held"}).status_code == 200
+    publish(server.tcp_port, "held", bodies("paused", 5))
+    late = subscribe(server.tcp_port, "held", "late", rdy=100)
+    assert_silent(first, 0.5)
+    assert_silent(late, 0.1)
+    assert http(server, "POST", "/topic/unpause", params={"topic": "held"}).status_code == 200
+    assert [m.body for m in receive(first, 5)] == bodies("paused", 5)
+    assert [m.body for m in receive(late, 5)] == bodies("paused", 5), "held for a new channel too"
+
+    log_dir = data / "held.gnsq-log"
+    time.sleep(0.3)
+    assert (log_dir / "late.cursor").exists()
+    params = {"topic": "held", "channel": "late"}
+    assert http(server, "POST", "/channel/delete", params=params).status_code == 200
+    assert not (log_dir / "late.cursor").exists()
+    assert http(server, "POST", "/topic/delete", params={"topic": "held"}).status_code == 200
+    assert not log_dir.exists()
+    stop_cleanly(server)
+
+
+def test_full_disk_fails_crash_safe_publishes_and_loses_nothing_accepted(run_gnsqd, tmp_path):
+    disk = FullDisk("tmpfs", tmp_path / "disk")
+    try:
+        disk.setup()
+        server = crash_safe(run_gnsqd, disk.data)
+        consumer = subscribe(server.tcp_port, "full", "ch")
+        wire = Wire(server.tcp_port)
+        accepted, error = [], None
+        for i in range(2000):
+            body = b"%05d-" % i + b"x" * 1000
+            wire.command(b"PUB full", body)
+            try:
+                assert wire.response() == b"OK"
+            except ServerError as err:
+                error = str(err)
+                break
+            accepted.append(body)
+        assert error is not None and error.startswith("E_PUB_FAILED"), error
+        assert accepted, "not a single publish fitted"
+        assert http(server, "GET", "/ping").status_code == 500
+        disk.free(server)
+        publish(server.tcp_port, "full", [b"after-space-came-back"])
+        accepted.append(b"after-space-came-back")
+        assert http(server, "GET", "/ping").text == "OK"
+        consumer.command(b"RDY 100")
+        assert [m.body for m in drain(consumer, quiet=1.5)] == accepted
+        stop_cleanly(server)
+    finally:
+        disk.teardown()

@@ -250,3 +250,27 @@ def test_failed_append_leaves_the_log_as_it_was(open_log, monkeypatch):
     cur = Cursor(log, "c", persist=False, start=0)
     log.release()
     assert [m.token for m in read_all(cur)] == [0, 1, 2, 3]
+
+
+def test_a_damaged_record_skips_the_rest_of_its_segment_only(open_log, tmp_path, caplog):
+    log = open_log(max_bytes=1024)
+    sent = messages(60, size=20)
+    for start in range(0, 60, 5):
+        log.append(sent[start : start + 5])
+    log.close()
+    segments = sorted((tmp_path / "t.gnsq-log").glob("*.seg"))
+    assert len(segments) >= 3
+    second = segments[1]
+    base = int(second.name.split(".")[0])
+    data = bytearray(second.read_bytes())
+    data[24 + 8 + 20] ^= 0xFF  # inside the first record's payload: its crc no longer matches
+    second.write_bytes(bytes(data))
+    next_base = int(segments[2].name.split(".")[0])
+
+    log = open_log(max_bytes=1024)
+    cur = Cursor(log, "c", persist=False, start=0)
+    log.release()
+    with caplog.at_level("ERROR", logger="gnsq_server.nsqd.topiclog"):
+        got = [m.token for m in read_all(cur)]
+    assert got == [*range(base), *range(next_base, 60)]
+    assert f"seqs {base}..{next_base - 1} skipped" in caplog.text
