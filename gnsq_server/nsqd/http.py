@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from gnsq_server import NSQ_VERSION, config
+from gnsq_server import NSQ_VERSION, config, gosyntax
 from gnsq_server.httpapi import (
     HTTPError,
     create_flask_app,
@@ -229,7 +229,7 @@ def create_app(
         if request.method == "POST":
             seconds, max_bytes = log.retention_seconds, log.retention_bytes
             if (raw := first(params, "time")) is not None:
-                seconds = _retention_param(raw, config.parse_duration, "INVALID_TIME")
+                seconds = _retention_param(raw, gosyntax.parse_duration, "INVALID_TIME")
             if (raw := first(params, "bytes")) is not None:
                 max_bytes = _retention_param(raw, int, "INVALID_BYTES")
             log.set_retention(seconds, max_bytes)
