@@ -33,7 +33,7 @@ from gevent.lock import Semaphore
 
 from . import metadata
 from .message import Message
-from .topiclog import LogFormatError, LogReader, TopicLog
+from .topiclog import DamagedState, LogFormatError, LogReader, TopicLog
 
 __all__ = ["Cursor"]
 
@@ -62,10 +62,10 @@ def encode_state(
 def decode_state(data: bytes) -> tuple[int, list[tuple[int, int]], list[tuple[int, int]]]:
     """(committed, finished ranges, due times); LogFormatError if damaged or too new."""
     if len(data) < _HEAD.size + 2 * _COUNT.size + _COUNT.size:
-        raise LogFormatError("short cursor file")
+        raise DamagedState("short cursor file")
     body, (crc,) = data[:-4], _COUNT.unpack(data[-4:])
     if zlib.crc32(body) != crc:
-        raise LogFormatError("cursor file checksum mismatch")
+        raise DamagedState("cursor file checksum mismatch")
     magic, version, committed = _HEAD.unpack_from(body)
     if magic != MAGIC or version > VERSION:
         raise LogFormatError(f"unknown cursor format (version {version})")
@@ -120,11 +120,17 @@ class Cursor:
                 data = f.read()
         except FileNotFoundError:
             return False
+        log = self.log
         try:
             committed, ranges, due = decode_state(data)
-        except (LogFormatError, struct.error) as exc:
+        except DamagedState as exc:
+            # disk damage (the file is written atomically): from the oldest record on,
+            # duplicates rather than losses
+            logger.error("CURSOR(%s:%s) %s: %s", log.name, self.name, self.path, exc)
+            self.read_seq = log.first_seq()
+            return True
+        except LogFormatError as exc:
             raise LogFormatError(f"{self.path}: {exc}") from exc
-        log = self.log
         # a log cut short by a torn tail (or segments gone) bounds what can be read
         self.read_seq = min(max(committed, log.first_seq()), log.end)
         for first, end in sorted(ranges):

@@ -58,7 +58,7 @@ from gevent.lock import Semaphore
 from . import metadata
 from .message import Message
 
-__all__ = ["LogFormatError", "LogReader", "Retention", "TopicLog"]
+__all__ = ["DamagedState", "LogFormatError", "LogReader", "Retention", "TopicLog"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +83,14 @@ READ_BUFFER_SIZE = 64 * 1024
 INDEX_EVERY = 512
 
 
-class LogFormatError(ValueError):
-    """A file this version cannot read (a newer version, or not a gnsq log at all)."""
+class LogFormatError(OSError):
+    """A file this version cannot read (a newer version, or not a gnsq log at all); an
+    OSError, so that the daemon's start reports it as one line and exits."""
+
+
+class DamagedState(LogFormatError):
+    """A state or cursor file that fails its checksum: the caller falls back to a position
+    that re-delivers rather than loses."""
 
 
 @dataclass
@@ -315,7 +321,11 @@ class TopicLog:
             return
         body, crc = raw[: _STATE.size], raw[_STATE.size : _STATE.size + _CRC.size]
         if len(crc) < _CRC.size or _CRC.unpack(crc)[0] != zlib.crc32(body):
-            raise LogFormatError(f"{path}: damaged topic state")
+            # never torn (written atomically): disk damage. Holding everything back again
+            # re-delivers to a first channel rather than losing anything.
+            logger.error("TOPICLOG(%s) %s is damaged, ignoring it", self.name, path)
+            self.fanout = self.first_seq()
+            return
         magic, version, fanout, seconds_ns, max_bytes = _STATE.unpack(body)
         if magic != STATE_MAGIC or version > VERSION:
             raise LogFormatError(f"{path}: unknown topic state format (version {version})")

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+from ..servers import BIN
 from .test_durability import (
     channel_stats,
     drain,
@@ -99,3 +101,20 @@ def test_a_version_1_data_path_is_read(tmp_path):
 
 if __name__ == "__main__":
     make_fixture(Path(sys.argv[1]))
+
+
+def test_a_newer_version_stops_the_start_with_one_clear_line(tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURE, data)
+    segment = data / "fixture.gnsq-log" / "00000000000000000000.seg"
+    raw = bytearray(segment.read_bytes())
+    raw[8:12] = (2).to_bytes(4, "big")  # the header's version field
+    segment.write_bytes(bytes(raw))
+    result = subprocess.run(
+        [str(BIN / "gnsqd"), "--crash-safe", "--tcp-address=127.0.0.1:0", "--http-address=",
+         f"--data-path={data}"],
+        capture_output=True, timeout=30,
+    )
+    output = result.stdout.decode()
+    assert result.returncode == 1, output
+    assert "FATAL: " in output and "log version 2 is newer than this gnsqd's 1" in output

@@ -274,3 +274,26 @@ def test_a_damaged_record_skips_the_rest_of_its_segment_only(open_log, tmp_path,
         got = [m.token for m in read_all(cur)]
     assert got == [*range(base), *range(next_base, 60)]
     assert f"seqs {base}..{next_base - 1} skipped" in caplog.text
+
+
+def test_damaged_cursor_and_state_files_fall_back_to_redelivery(open_log, tmp_path, caplog):
+    log = open_log()
+    log.append(messages(10))
+    log.release()
+    cur = Cursor(log, "ch", persist=True, start=0)
+    for msg in read_all(cur):
+        cur.ack(msg.token)
+    cur.close()
+    log.close()
+    directory = tmp_path / "t.gnsq-log"
+    for name in ("ch.cursor", "topic.state"):
+        data = bytearray((directory / name).read_bytes())
+        data[10] ^= 0xFF
+        (directory / name).write_bytes(bytes(data))
+    with caplog.at_level("ERROR"):
+        log = open_log()
+        cur = Cursor(log, "ch", persist=True, start=log.fanout)
+    assert "damaged" in caplog.text and "checksum mismatch" in caplog.text
+    assert log.depth() == 10, "the topic holds everything back again"
+    log.release()
+    assert len(read_all(cur)) == 10, "the channel starts over at the oldest record"
