@@ -46,6 +46,7 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import re
 import shutil
 import struct
 import time
@@ -69,6 +70,7 @@ SEGMENT_SUFFIX = ".seg"
 STATE_FILE = "topic.state"
 DIR_SUFFIX = ".gnsq-log"
 
+_SEGMENT_NAME = re.compile(r"\d{20}\.seg\Z")
 _HEADER = struct.Struct(">8sIIQ")
 _RECORD = struct.Struct(">II")  # payload size, crc32
 _PAYLOAD = struct.Struct(">qq16sq")  # seq, timestamp, id, defer ns
@@ -144,7 +146,7 @@ def _read_header(f, path: str) -> int:
     """Check a segment header; return its base seq, leave `f` at the first record."""
     raw = f.read(_HEADER.size)
     if len(raw) < _HEADER.size:
-        raise LogFormatError(f"{path}: short segment header")
+        raise DamagedState(f"{path}: short segment header")
     magic, version, size, base = _HEADER.unpack(raw)
     if magic != SEGMENT_MAGIC:
         raise LogFormatError(f"{path}: not a gnsq topic log segment")
@@ -275,20 +277,36 @@ class TopicLog:
     # ---- opening ------------------------------------------------------------------------
 
     def _load(self) -> None:
-        names = sorted(n for n in os.listdir(self.path) if n.endswith(SEGMENT_SUFFIX))
+        names = sorted(n for n in os.listdir(self.path) if _SEGMENT_NAME.match(n))
         for name in names:
             path = os.path.join(self.path, name)
-            with open(path, "rb") as f:
-                base = _read_header(f, path)
+            try:
+                with open(path, "rb") as f:
+                    base = _read_header(f, path)
+            except DamagedState as exc:
+                self._set_aside(path, exc, newest=name == names[-1])
+                continue
             self._segments.append(Segment(base, path, os.path.getsize(path)))
         self._segments.sort(key=lambda segment: segment.base)
         if self._segments:
-            self.end = self._recover_tail(self._segments[-1])
+            self.end = max(self.end, self._recover_tail(self._segments[-1]))
         self._read_state()
         if not self._segments:
             self._create_segment(self.end)
         self.fanout = min(max(self.fanout, self.first_seq()), self.end)
         self._tail_start = self.end
+
+    def _set_aside(self, path: str, exc: DamagedState, newest: bool) -> None:
+        """A segment without a whole header. The newest one was being created when the
+        daemon died and holds nothing: it goes, its name keeping the next seq. An older one
+        is damage: renamed .bad, never touched again."""
+        if newest:
+            logger.warning("TOPICLOG(%s) removing a segment torn at creation - %s", self.name, exc)
+            os.remove(path)
+            self.end = max(self.end, int(os.path.basename(path)[: -len(SEGMENT_SUFFIX)]))
+        else:
+            logger.error("TOPICLOG(%s) setting aside %s.bad - %s", self.name, path, exc)
+            os.rename(path, path + ".bad")
 
     def _recover_tail(self, segment: Segment) -> int:
         """Read the last segment to its last intact record, truncate what follows it."""

@@ -297,3 +297,19 @@ def test_damaged_cursor_and_state_files_fall_back_to_redelivery(open_log, tmp_pa
     assert log.depth() == 10, "the topic holds everything back again"
     log.release()
     assert len(read_all(cur)) == 10, "the channel starts over at the oldest record"
+
+
+def test_a_segment_torn_at_creation_goes_and_seqs_continue(open_log, tmp_path):
+    log = open_log(max_bytes=1 << 20)
+    log.append(messages(7))
+    log.close()
+    (tmp_path / "t.gnsq-log" / f"{7:020d}.seg").write_bytes(b"GNSQ")  # the crash: a torn header
+    log = open_log(max_bytes=1 << 20)
+    assert log.end == 7
+    log.append(messages(1, b"next"))
+    assert log.end == 8
+    assert not (tmp_path / "t.gnsq-log" / f"{7:020d}.seg").exists()
+    alone = tmp_path / "alone.gnsq-log"
+    alone.mkdir()
+    (alone / f"{42:020d}.seg").write_bytes(b"")  # every older segment was consumed and deleted
+    assert open_log(name="alone").end == 42, "seqs are never reused"
