@@ -261,7 +261,9 @@ class TopicLog:
         self.fanout = 0
         self._state_dirty = False
         self._data_dirty = False
-        self._new_segment = False
+        #: directories holding entries created since the last fsync (new segments, the log's
+        #: own directory): a power cut must not lose a file whose data was fsynced
+        self._new_entries: set[str] = set()
         self._fd: int | None = None
         self._retired: list[int] = []  # fds of rolled segments, fsynced and closed by sync_data
         self._tail: list[Message] = []
@@ -271,7 +273,9 @@ class TopicLog:
         self._sync_lock = Semaphore()
         self._closed = False
         self.bytes_written = 0
-        os.makedirs(self.path, exist_ok=True)
+        if not os.path.isdir(self.path):
+            os.makedirs(self.path)
+            self._new_entries.add(data_path)
         self._load()
 
     # ---- opening ------------------------------------------------------------------------
@@ -458,7 +462,7 @@ class TopicLog:
             raise
         self._segments.append(Segment(base, path, _HEADER.size))
         self._fd = fd
-        self._new_segment = True
+        self._new_entries.add(self.path)
         self.bytes_written += len(header)
 
     def _roll(self) -> None:
@@ -473,26 +477,26 @@ class TopicLog:
         """fsync what was appended (and new segments' directory entries); the group commit
         calls this before publishers get OK, cursors before they persist."""
         with self._sync_lock:
-            if self._closed or not (self._data_dirty or self._retired or self._new_segment):
+            if self._closed or not (self._data_dirty or self._retired or self._new_entries):
                 return
             self._data_dirty = False
             retired, self._retired = self._retired, []
-            fds = [*retired, *([self._fd] if self._fd is not None else [])]
-            new_segment, self._new_segment = self._new_segment, False
-            dir_fd = None
-            if new_segment:
-                dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                fds.append(dir_fd)
+            directories, self._new_entries = self._new_entries, set()
+            dir_fds = [
+                os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                for path in directories
+            ]
+            fds = [*retired, *([self._fd] if self._fd is not None else []), *dir_fds]
             try:
                 gevent.get_hub().threadpool.apply(_fsync_all, (fds,))
             except OSError:
                 self._data_dirty = True
-                self._new_segment = self._new_segment or new_segment
+                self._new_entries |= directories
                 self._retired = retired + self._retired
                 raise
             finally:
-                if dir_fd is not None:
-                    os.close(dir_fd)
+                for fd in dir_fds:
+                    os.close(fd)
             for fd in retired:
                 os.close(fd)
 
