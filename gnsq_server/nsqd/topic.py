@@ -104,17 +104,14 @@ class Topic:
         if defer > 0:
             for msg in msgs:
                 msg.defer = defer
-        holding = self.durable or self._holding() or self.has_backlog()
-        if not self.durable:
+        if self.durable:
+            write, holding = self._append, True  # the channels read it once released
+        else:
+            holding = self._holding() or self.has_backlog()
             self._check_room(len(msgs), holding)
+            write = self._hold if holding else self._fan_out
         try:
-            if self.durable:
-                self.backend.append(msgs)
-                self.nsqd.commit([self.backend])
-            elif holding:
-                self._hold(msgs)
-            else:
-                self._fan_out(msgs)
+            write(msgs)
         except OSError as err:
             log.error("TOPIC(%s): failed to write messages to disk - %s", self.name, err)
             self.nsqd.set_unhealthy(err)
@@ -144,6 +141,12 @@ class Topic:
             msgs = msgs[room:]
         if msgs and self.backend is not None:
             self.backend.put_many([msg.encode() for msg in msgs])
+
+    def _append(self, msgs: list[Message]) -> None:
+        """Crash-safe mode: one write to the topic log, fsynced (shared with concurrent
+        publishers) before the publisher gets OK."""
+        self.backend.append(msgs)
+        self.nsqd.commit([self.backend])
 
     def _fan_out(self, msgs: list[Message]) -> None:
         """Every channel gets its own copy of the batch (the first one the originals)."""
