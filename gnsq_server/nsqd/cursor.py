@@ -224,9 +224,10 @@ class Cursor:
             self.read_seq = seq + 1
             if seq in self._unfinished:
                 continue  # a replay reached a message that is still out
-            requeued_until = self._restored_due.pop(seq, 0)
-            due = requeued_until or msg.timestamp + int(msg.defer * 1e9)
-            msg.defer = max(0.0, (due - time.time_ns()) / 1e9)
+            requeued_until = self._restored_due.pop(seq, 0) if self._restored_due else 0
+            if requeued_until or msg.defer:
+                due = requeued_until or msg.timestamp + int(msg.defer * 1e9)
+                msg.defer = max(0.0, (due - time.time_ns()) / 1e9)
             self._unfinished[seq] = requeued_until
             return msg
         return None
