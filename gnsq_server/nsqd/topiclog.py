@@ -37,8 +37,9 @@ A retention value of -1 means the daemon's ``--retention-time``/``--retention-by
 
 Recovery: the last segment is read to its end and truncated after the last whole record
 whose crc matches (the torn tail of a write that never got an ``OK``). A segment is deleted
-once the fanout and every channel's cursor are past it, unless retention keeps it; the last
-segment is never deleted, so the next seq survives restarts.
+once the fanout and every channel's cursor are past it, unless retention keeps it (the newest
+such segments, while younger than the time limit by their last append, the file's mtime, and
+within the byte limit); the last segment is never deleted, so the next seq survives restarts.
 """
 
 from __future__ import annotations
