@@ -251,6 +251,16 @@ NSQD_OPTIONS: tuple[Option, ...] = (
         "acknowledge a publish only after it is fsynced to disk; survives kill -9",
     ),
     Option(
+        "retention-time", DURATION, 0.0,
+        "crash-safe mode: keep consumed topic log segments this long for replay (0: delete)",
+    ),
+    Option(
+        "retention-bytes", INT, 0,
+        "crash-safe mode: keep up to this many bytes of consumed topic log per topic for "
+        "replay (0: no byte limit, or delete if --retention-time is 0 too)",
+        minimum=0,
+    ),
+    Option(
         "drain-timeout", DURATION, 0.0,
         "on SIGTERM/SIGINT, stop delivering and wait up to this long for consumers to finish "
         "in-flight messages before closing them (0: close at once, as nsqd does)",

@@ -178,7 +178,15 @@ def create_app(
     def channel(topic: str, channel: str) -> dict[str, Any]:
         if request.method == "POST":
             require_admin()
-            action = _action()
+            body = _json_body()
+            if body.get("action") == "replay":  # gnsqd --crash-safe only
+                since = _since(body)
+                _, message = _upstream(
+                    lambda errors: cluster.replay_channel(topic, channel, since, errors)
+                )
+                notify("replay_channel", topic, channel)
+                return {"message": message}
+            action = _action(body)
             _, message = _upstream(
                 lambda errors: cluster.channel_action(topic, channel, action, errors)
             )
@@ -296,8 +304,16 @@ def _without(entry: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return {key: value for key, value in entry.items() if key not in keys}
 
 
-def _action() -> str:
-    action = _json_body().get("action")
+def _since(body: dict[str, Any]) -> str:
+    """A replay's start as the nodes take it (RFC 3339, unix ns or "oldest"); they judge it."""
+    since = body.get("since")
+    if not isinstance(since, str) or not since:
+        raise HTTPError(400, "MISSING_ARG_SINCE")
+    return since
+
+
+def _action(body: dict[str, Any] | None = None) -> str:
+    action = (_json_body() if body is None else body).get("action")
     if action not in TOPIC_ACTIONS:
         raise HTTPError(400, "INVALID_ACTION")
     return str(action)

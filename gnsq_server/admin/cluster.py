@@ -333,6 +333,16 @@ class ClusterInfo:
             errors,
         )
 
+    def replay_channel(self, topic: str, channel: str, since: str, errors: list[str]) -> None:
+        """gnsqd --crash-safe: deliver again what was published since `since` on every node."""
+        producers = self.topic_producers(topic, errors)
+        params = {"topic": topic, "channel": channel, "since": since}
+        self._post_all(
+            [("POST", http_url(p["http_address"], "/channel/replay", params))
+             for p in producers],
+            errors,
+        )
+
     def delete_topic(self, topic: str, errors: list[str]) -> None:
         """Delete from every lookupd, then from every node that has it."""
         producers = self.topic_producers(topic, errors)

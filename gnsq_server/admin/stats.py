@@ -36,6 +36,12 @@ def client_stats(node: str, client: dict[str, Any], now: float) -> dict[str, Any
     return out
 
 
+#: What gnsqd adds to a node's /stats beyond nsqd's (passed through where present): a channel's
+#: delivery policy (nsqd/policy.py) and, in --crash-safe mode, the topic log's figures.
+GNSQ_CHANNEL_KEYS = ("policy", "log_position", "log_committed")
+GNSQ_TOPIC_KEYS = ("log_bytes", "log_retained_bytes", "log_first_seq", "log_end_seq")
+
+
 def node_channel_stats(
     producer: dict[str, Any], topic: str, channel: dict[str, Any], now: float
 ) -> dict[str, Any]:
@@ -44,7 +50,7 @@ def node_channel_stats(
     clients = [client_stats(node, c, now) for c in channel.get("clients") or []]
     depth = int(channel.get("depth", 0))
     backend = int(channel.get("backend_depth", 0))
-    stats = {
+    return {
         "node": node,
         "hostname": producer["hostname"],
         "topic_name": topic,
@@ -63,10 +69,8 @@ def node_channel_stats(
         "paused": bool(channel.get("paused", False)),
         "e2e_processing_latency": node_e2e(channel.get("e2e_processing_latency"), topic,
                                            channel["channel_name"], node),
+        **{key: channel[key] for key in GNSQ_CHANNEL_KEYS if key in channel},
     }
-    if "policy" in channel:  # a gnsqd delivery policy (dead letters, TTL, max depth)
-        stats["policy"] = channel["policy"]
-    return stats
 
 
 def node_topic_stats(producer: dict[str, Any], topic: dict[str, Any], now: float) -> dict[str, Any]:
@@ -90,6 +94,7 @@ def node_topic_stats(producer: dict[str, Any], topic: dict[str, Any], now: float
         "paused": bool(topic.get("paused", False)),
         "e2e_processing_latency": node_e2e(topic.get("e2e_processing_latency"), name, "",
                                            producer["node"]),
+        **{key: topic[key] for key in GNSQ_TOPIC_KEYS if key in topic},
     }
 
 

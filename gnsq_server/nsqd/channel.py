@@ -68,10 +68,9 @@ class Channel:
         #: where deferred messages and their due times survive a clean restart
         self._deferred_file = deferred_file
         self._mem_capacity = opts.mem_queue_size
-        #: crash-safe mode: every message lives in the disk queue until it is finished
+        #: crash-safe mode: the backend is a cursor over the topic log (cursor.py), which
+        #: keeps every message until this channel finishes it
         self.durable = bool(getattr(backend, "acknowledged", False))
-        #: crash-safe mode: due times (monotonic) of DPUB messages still in the disk queue
-        self._defer_due: dict[bytes, float] = {}
         self.memory: deque[Message] = deque()
         self.in_flight = DeadlineQueue()
         self.deferred = DeadlineQueue()
@@ -119,20 +118,9 @@ class Channel:
         """Accept a batch from the topic; DPUB messages go to the deferred set.
 
         Ready consumers and the memory queue take what they can, in order; the rest goes to
-        the disk queue in one write. In crash-safe mode the whole batch goes to disk first
-        and out to consumers from there, so a crash cannot lose it.
+        the disk queue in one write.
         """
         self.message_count += len(msgs)
-        if self.durable:
-            self.backend.put_many([msg.encode() for msg in msgs])
-            due = time.monotonic()
-            for msg in msgs:
-                if msg.defer > 0:
-                    self._defer_due[msg.id] = due + msg.defer
-            self._pump()
-            if self.policy is not None:
-                self.policy.trim()
-            return
         spill: list[Message] = []
         for msg in msgs:
             if msg.defer > 0:
@@ -150,6 +138,24 @@ class Channel:
         if self.policy is not None:
             self.policy.trim()
 
+    def log_grew(self, count: int) -> None:
+        """Crash-safe mode: `count` more messages of the topic log are visible: deliver."""
+        self.message_count += count
+        self._pump()
+        if self.policy is not None:
+            self.policy.trim()
+
+    def replay(self, since_ns: int | None) -> tuple[int, int]:
+        """Crash-safe mode: deliver again what was published since `since_ns` (unix ns;
+        None: the oldest retained message). Returns the cursor's new position and how many
+        messages it queued from there."""
+        if not self.durable:
+            raise ChannelError("replay needs --crash-safe")
+        position = self.backend.rewind(self.backend.log.seq_at(since_ns))
+        queued = self.backend.depth()
+        self._pump()
+        return position, queued
+
     def _enqueue(self, msg: Message) -> None:
         if self._ready and not self.paused:
             self._deliver(next(iter(self._ready.values())), msg)
@@ -165,6 +171,8 @@ class Channel:
         deadline = time.monotonic() + delay
         self.deferred.push(msg, deadline)
         self._schedule(deadline)
+        if msg.token is not None:
+            self.backend.defer(msg.token, deadline)  # the cursor keeps it across a crash
 
     def _take(self) -> Message | None:
         """Next queued message: memory and disk take turns when both hold some."""
@@ -182,21 +190,16 @@ class Channel:
         return None
 
     def _take_pending(self) -> Message | None:
-        """Crash-safe mode: the next record, kept on disk until FIN; DPUB ones are deferred."""
-        while True:
-            got = self.backend.get_pending()
-            if got is None:
-                return None
-            msg = Message.decode(got[0])
-            msg.token = got[1]
-            due = self._defer_due.pop(msg.id, None) if self._defer_due else None
-            if due is None or due <= time.monotonic():
+        """Crash-safe mode: the next message of the log, kept there until FIN; one still
+        due later (DPUB, or a delayed requeue before a restart) goes to the deferred set."""
+        while (msg := self.backend.read()) is not None:
+            if msg.defer <= 0:
                 return msg
-            self.deferred.push(msg, due)
-            self._schedule(due)
+            self._defer(msg, msg.defer)
+        return None
 
     def _forget(self, msg: Message) -> None:
-        """A crash-safe message is finished (or dropped): its disk record may go."""
+        """A crash-safe message is finished (or dropped): the cursor records it."""
         if msg.token is not None:
             self.backend.ack(msg.token)
             msg.token = None
@@ -363,7 +366,6 @@ class Channel:
     def empty(self) -> None:
         """Drop queued, in-flight and deferred messages; consumers' in-flight counts reset."""
         self.memory.clear()
-        self._defer_due.clear()
         if self.backend is not None:
             self.backend.empty()
         self.in_flight.clear()
@@ -380,15 +382,9 @@ class Channel:
         """Take back the deferred messages a clean shutdown saved, with their remaining delay."""
         if self._deferred_file is None:
             return
-        now, now_ns = time.monotonic(), time.time_ns()
+        now_ns = time.time_ns()
         for due_ns, data in metadata.load_deferred(self._deferred_file):
-            msg = Message.decode(data)
-            delay = max(0.0, (due_ns - now_ns) / 1e9)
-            if self.durable:
-                # the message itself is still in the disk queue: remember only its due time
-                self._defer_due[msg.id] = now + delay
-            else:
-                self._defer(msg, delay)
+            self._defer(Message.decode(data), max(0.0, (due_ns - now_ns) / 1e9))
 
     def flush(self) -> None:
         """Clean shutdown: queued and in-flight messages to the disk queue, deferred ones to
@@ -403,16 +399,14 @@ class Channel:
         deferred = self.deferred.clear()
         if self.backend is None or self.ephemeral:
             return
+        if self.durable:
+            # every message is still in the topic log; the cursor keeps what was finished
+            # and the due times of delayed requeues
+            self.backend.close()
+            return
         now, now_ns = time.monotonic(), time.time_ns()
         entries = [(now_ns + int((m.deadline - now) * 1e9), m.encode()) for m in deferred]
-        if self.durable:
-            # Every message is still in the disk queue (its record stays until FIN); only the
-            # due times of deferred ones need saving, keyed by id.
-            entries += [
-                (now_ns + int((due - now) * 1e9), Message(msg_id, b"", 0).encode())
-                for msg_id, due in self._defer_due.items()
-            ]
-        elif queued:
+        if queued:
             self.backend.put_many([msg.encode() for msg in queued])
         self.backend.close()
         if self._deferred_file is not None:

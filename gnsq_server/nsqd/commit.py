@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Protocol
 
 import gevent
 from gevent.event import AsyncResult
 
-from .diskqueue import DiskQueue
+
+class Durable(Protocol):
+    """Storage whose writes so far become durable with sync_data() (OSError otherwise)."""
+
+    def sync_data(self) -> None: ...
 
 
 class GroupCommit:
@@ -19,12 +24,12 @@ class GroupCommit:
     """
 
     def __init__(self) -> None:
-        self._queues: dict[int, DiskQueue] = {}
+        self._queues: dict[int, Durable] = {}
         self._waiters: list[AsyncResult] = []
         self._worker: gevent.Greenlet | None = None
         self.rounds = 0
 
-    def commit(self, queues: Iterable[DiskQueue]) -> None:
+    def commit(self, queues: Iterable[Durable]) -> None:
         """Return once every record put into `queues` so far is on disk; OSError otherwise."""
         result = AsyncResult()
         for queue in queues:

@@ -18,30 +18,8 @@ Writes go to an in-memory buffer written with one ``pwrite`` when it fills, when
 reader catches up with it, or on sync; a failed write leaves the queue as it was before
 that ``put``/``put_many``, so the caller can report the error and carry on.
 
-Crash-safe mode (``gnsqd --crash-safe``), the design
-----------------------------------------------------
-nsqd loses whatever sits in memory, in flight or deferred when it dies. In crash-safe mode
-every message lives in a disk queue, in nsqd's own file format, from the moment it is
-accepted until it is finished, and nothing is acknowledged before it is on disk:
-
-1. Publish: the topic writes the batch to each channel's disk queue (or, while the topic has
-   no channel or is paused, to its own), then waits on ``commit.GroupCommit``: one worker
-   fsyncs every queue written since its last round, so concurrent publishers share an fsync.
-   Only then does the publisher get ``OK``.
-2. Deliver: a channel reads with ``get_pending()``. The record stays on disk and the
-   persisted read position (the ``.meta.dat`` file) never moves past the oldest pending
-   record, so a crash re-reads every message that was queued, in flight, requeued or
-   deferred. Requeued messages wait in memory with their token; they are already on disk.
-3. Finish: FIN (or a sample-rate drop, or emptying the channel) calls ``ack(token)``;
-   segments wholly below the oldest pending record are deleted.
-4. Topic backlog: the topic reads its own queue with ``get_pending()``, writes the copies
-   to the channels' queues, fsyncs those, and only then acks its own records.
-5. Recovery is the ordinary start: each queue resumes at its persisted read position.
-   Messages finished after the last metadata sync come again (at-least-once, as NSQ
-   promises); none that got an ``OK`` is lost. The files stay readable by nsqd.
-
-Costs: one fsync round per publish batch window, and a long-deferred message pins its
-segment (and everything after it is re-delivered after a crash) until it is finished.
+Crash-safe mode (``gnsqd --crash-safe``) does not use these queues for durable topics: it
+keeps one log per topic with a cursor per channel (``topiclog.py``, ``cursor.py``).
 """
 
 from __future__ import annotations
@@ -92,7 +70,6 @@ class DiskQueue:
         max_msg_size: int,
         sync_every: int,
         sync_timeout: float,
-        acknowledged: bool = False,
     ) -> None:
         self.name = name
         self.data_path = data_path
@@ -122,13 +99,6 @@ class DiskQueue:
         self._reader = None
         self._read_end: int | None = None
 
-        # acknowledged reads (crash-safe mode): records handed out by get_pending() stay on
-        # disk, and in the persisted read position, until ack(); token -> (file, pos) start
-        self._acknowledged = acknowledged
-        self._pending: dict[int, tuple[int, int]] = {}
-        self._tokens = 0
-        self._record_start = (0, 0)
-
         self._retrieve_metadata()
         self._oldest_file_num = self._read_file_num  # no segment below this is kept
 
@@ -144,10 +114,6 @@ class DiskQueue:
 
     def depth(self) -> int:
         return self._depth
-
-    @property
-    def acknowledged(self) -> bool:
-        return self._acknowledged
 
     def readable(self) -> bool:
         """Whether a record is left to read, by position: the depth in metadata an unclean
@@ -207,39 +173,11 @@ class DiskQueue:
                 self._sync_logged()
             return data
 
-    def get_pending(self) -> tuple[bytes, int] | None:
-        """Pop the next record but keep it durable until ack(token): a crash before the ack
-        hands it out again. Only for a queue opened with acknowledged=True."""
-        with self._lock:
-            self._check_open()
-            data = self._read_one()
-            if data is None:
-                return None
-            self._count += 1
-            self._tokens += 1
-            self._pending[self._tokens] = self._record_start
-            if self._need_sync or self._count >= self._sync_every:
-                self._sync_logged()
-            return data, self._tokens
-
-    def ack(self, token: int) -> None:
-        """The record handed out with `token` is done with; segments before the oldest
-        outstanding record can go."""
-        with self._lock:
-            if self._pending.pop(token, None) is not None:
-                self._count += 1
-                self._remove_consumed_files()
-
-    def pending_count(self) -> int:
-        return len(self._pending)
-
     def empty(self) -> None:
         """Drop everything: delete every segment from reader to writer, and the metadata."""
         with self._lock:
             self._check_open()
             logger.info("DISKQUEUE(%s): emptying", self.name)
-            self._pending.clear()
-            self._remove_consumed_files()
             err = self._skip_to_next_rw_file()
             self._count = 0
             try:
@@ -257,19 +195,6 @@ class DiskQueue:
         with self._lock:
             self._check_open()
             self._sync()
-
-    def sync_data(self) -> None:
-        """Make every record put so far durable without rewriting the metadata: a restart
-        reads a finished segment to its real end, so records past a stale writePos are kept
-        (the group commit of crash-safe mode needs only this, one fsync instead of two)."""
-        with self._lock:
-            self._check_open()
-            if self._wfd is None:
-                return
-            self._flush()
-            gevent.get_hub().threadpool.apply(_fsync_all, ([self._wfd],))
-            if self._new_segment:
-                self._fsync_directory()
 
     def sync_if_needed(self) -> None:
         """The sync-timeout tick: sync only if anything happened since the last sync."""
@@ -353,9 +278,8 @@ class DiskQueue:
         """fsync the data file, then write the metadata to a temp file, fsync it, rename it."""
         path = self._meta_file_name()
         tmp = f"{path}.{random.getrandbits(63)}.tmp"
-        read_file_num, read_pos = self._committed_read_position()
         text = (
-            f"{self._depth + len(self._pending)}\n{read_file_num},{read_pos}\n"
+            f"{self._depth}\n{self._read_file_num},{self._read_pos}\n"
             f"{self._write_file_num},{self._write_pos}\n"
         ).encode()
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -510,7 +434,6 @@ class DiskQueue:
                     except OSError as exc:
                         logger.error("DISKQUEUE(%s) failed to write - %s", self.name, exc)
                         return None
-                self._record_start = (self._read_file_num, self._read_pos)
                 data = self._read_record()
             except OSError as exc:
                 logger.error(
@@ -548,24 +471,16 @@ class DiskQueue:
         return data
 
     def _next_read_file(self) -> None:
-        """The reader finished a segment: delete it (once nothing in it is pending) and start
-        on the next one."""
+        """The reader finished a segment: delete it and start on the next one."""
         self._close_reader()
         self._read_file_num += 1
         self._read_pos = 0
         self._need_sync = True  # sync every time we start reading a new file
         self._remove_consumed_files()
 
-    def _committed_read_position(self) -> tuple[int, int]:
-        """Where a restart resumes reading: the oldest pending record, else the reader."""
-        if self._pending:
-            return next(iter(self._pending.values()))
-        return self._read_file_num, self._read_pos
-
     def _remove_consumed_files(self) -> None:
-        """Delete finished segments below the committed read position."""
-        first_kept = self._committed_read_position()[0]
-        while self._oldest_file_num < first_kept:
+        """Delete finished segments below the read position."""
+        while self._oldest_file_num < self._read_file_num:
             old = self._file_name(self._oldest_file_num)
             self._oldest_file_num += 1
             try:

@@ -12,11 +12,12 @@ import json
 import logging
 import re
 import struct
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from flask import Flask, Response, request
 
-from gnsq_server import NSQ_VERSION, config
+from gnsq_server import NSQ_VERSION, config, gosyntax
 from gnsq_server.httpapi import (
     HTTPError,
     PlainRequest,
@@ -32,6 +33,7 @@ from gnsq_server.httpapi import (
 from gnsq_server.nsqd import metrics, stats
 from gnsq_server.nsqd.policy import DepthExceeded
 from gnsq_server.nsqd.topic import PublishError, TopicExiting
+from gnsq_server.nsqd.topiclog import TopicLog
 from gnsq_server.wire import is_valid_name
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ _LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 _INT64_RE = re.compile(r"[+-]?[0-9]+\Z")
 _INT32 = struct.Struct(">i")
 _NS = 1_000_000_000
+_MICROSECOND = timedelta(microseconds=1)
 
 TLS_REQUIRED_MODE = 2  # --tls-required=true: plain HTTP is refused
 
@@ -181,6 +184,38 @@ def create_app(
     def channel_unpause() -> None:
         _guarded(_existing_channel(nsqd).unpause)
 
+    # -- crash-safe topic log (gnsq only) -----------------------------------------------
+
+    @route(app, "/channel/replay", ["POST"])
+    def channel_replay() -> dict:
+        """Deliver again on one channel what was published since `since` (RFC 3339, unix
+        ns, or "oldest": the oldest retained message); other channels are untouched."""
+        channel = _existing_channel(nsqd)
+        since = _parse_since(required(query_params(), "since"))
+        _topic_log(channel.topic)
+        position, queued = channel.replay(since)
+        logger.info(
+            "CHANNEL(%s:%s): replay from seq %d (%d queued)",
+            channel.topic_name, channel.name, position, queued,
+        )
+        return {"position": position, "queued": queued}
+
+    @route(app, "/topic/retention", ["GET", "POST"])
+    def topic_retention() -> dict:
+        """Read or set how long (``time``, a duration) and how much (``bytes``) of a topic's
+        consumed log is kept for replay; "default" returns to the daemon's flags."""
+        params = query_params()
+        log = _topic_log(_existing_topic(nsqd, required(params, "topic")))
+        if request.method == "POST":
+            seconds, max_bytes = log.retention_seconds, log.retention_bytes
+            if (raw := first(params, "time")) is not None:
+                seconds = _retention_param(raw, gosyntax.parse_duration, "INVALID_TIME")
+            if (raw := first(params, "bytes")) is not None:
+                max_bytes = _retention_param(raw, int, "INVALID_BYTES")
+            log.set_retention(seconds, max_bytes)
+        effective = log.retention()
+        return {"retention_time": _ns(effective.seconds), "retention_bytes": effective.max_bytes}
+
     # -- runtime configuration ----------------------------------------------------------
 
     @route(app, "/config/<opt>", ["GET", "PUT"])
@@ -239,6 +274,41 @@ def _existing_channel(nsqd: Any) -> Any:
     if channel is None:
         raise HTTPError(404, "CHANNEL_NOT_FOUND")
     return channel
+
+
+def _topic_log(topic: Any) -> TopicLog:
+    if not isinstance(topic.backend, TopicLog):
+        raise HTTPError(400, "NOT_CRASH_SAFE")
+    return topic.backend
+
+
+def _parse_since(raw: str) -> int | None:
+    """Unix ns, an RFC 3339 time with its offset, or "oldest" (None)."""
+    if raw == "oldest":
+        return None
+    if _INT64_RE.match(raw):
+        return int(raw)
+    try:
+        when = datetime.fromisoformat(raw)
+    except ValueError:
+        raise HTTPError(400, "INVALID_SINCE") from None
+    if when.tzinfo is None:
+        raise HTTPError(400, "INVALID_SINCE")
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (when - epoch) // _MICROSECOND * 1000
+
+
+def _retention_param(raw: str, parse: Any, error: str) -> Any:
+    """A retention value: "default" is None (the daemon's flag), else >= 0."""
+    if raw == "default":
+        return None
+    try:
+        value = parse(raw)
+    except ValueError:
+        raise HTTPError(400, error) from None
+    if value < 0:
+        raise HTTPError(400, error)
+    return value
 
 
 def _guarded(action: Any) -> None:

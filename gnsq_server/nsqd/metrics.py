@@ -76,6 +76,19 @@ class NSQDCollector:
                          labels=_CLIENT)
         pub = c("nsq_client_published", "messages the connection published to the topic",
                 labels=_PRODUCER)
+        # crash-safe mode only (gnsq): the topic log and each channel's place in it
+        log_bytes = g("nsq_topic_log_bytes", "bytes in the topic log's segments", labels=_TOPIC)
+        log_retained = g("nsq_topic_log_retained_bytes",
+                         "bytes of the topic log every channel is done with, kept for replay",
+                         labels=_TOPIC)
+        log_end = g("nsq_topic_log_end_seq", "sequence number of the next message in the log",
+                    labels=_TOPIC)
+        ch_position = g("nsq_channel_log_position",
+                        "sequence number of the next log message the channel reads",
+                        labels=_CHANNEL)
+        ch_committed = g("nsq_channel_log_committed",
+                         "every log message below this sequence number is finished",
+                         labels=_CHANNEL)
 
         for topic in doc["topics"] or ():
             t = [topic["topic_name"]]
@@ -85,6 +98,10 @@ class NSQDCollector:
             topic_backend.add_metric(t, topic["backend_depth"])
             topic_paused.add_metric(t, 1.0 if topic["paused"] else 0.0)
             _e2e(topic_e2e, t, topic["e2e_processing_latency"])
+            if "log_bytes" in topic:
+                log_bytes.add_metric(t, topic["log_bytes"])
+                log_retained.add_metric(t, topic["log_retained_bytes"])
+                log_end.add_metric(t, topic["log_end_seq"])
             for channel in topic["channels"]:
                 ch = [*t, channel["channel_name"]]
                 ch_msgs.add_metric(ch, channel["message_count"])
@@ -97,6 +114,9 @@ class NSQDCollector:
                 ch_clients.add_metric(ch, channel["client_count"])
                 ch_paused.add_metric(ch, 1.0 if channel["paused"] else 0.0)
                 _e2e(ch_e2e, ch, channel["e2e_processing_latency"])
+                if "log_position" in channel:
+                    ch_position.add_metric(ch, channel["log_position"])
+                    ch_committed.add_metric(ch, channel["log_committed"])
                 for client in channel["clients"] or ():
                     cl = [*ch, client["client_id"], client["hostname"],
                           client["remote_address"], client["user_agent"]]
@@ -118,6 +138,9 @@ class NSQDCollector:
             ch_deferred, ch_clients, ch_paused, ch_e2e, cl_msgs, cl_finished, cl_requeued,
             cl_ready, cl_in_flight, cl_connected, pub,
         )
+        for family in (log_bytes, log_retained, log_end, ch_position, ch_committed):
+            if family.samples:
+                yield family
         yield from _policy_families(doc)
 
 

@@ -18,8 +18,10 @@ from ..wire import is_ephemeral
 from . import metadata, policy
 from .channel import Channel
 from .commit import GroupCommit
+from .cursor import Cursor
 from .diskqueue import DiskQueue, message_size_bounds
 from .topic import DiscardBackend, Topic
+from .topiclog import Retention, TopicLog
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,7 @@ class NSQD:
         topic = self.topics.get(name)
         if topic is None:
             ephemeral = is_ephemeral(name)
-            topic = Topic(self, name, ephemeral, self.new_backend(name, ephemeral))
+            topic = Topic(self, name, ephemeral, self.new_topic_backend(name, ephemeral))
             self.topics[name] = topic
             log.info("TOPIC(%s): created", name)
             self.notify("topic_created", topic)
@@ -160,12 +162,36 @@ class NSQD:
     def new_channel(self, topic: Topic, name: str) -> Channel:
         ephemeral = is_ephemeral(name)
         queue_name = f"{topic.name}:{name}"
-        backend = self.new_backend(queue_name, ephemeral)
-        deferred_file = None if ephemeral else metadata.deferred_path(self.data_path, queue_name)
+        if isinstance(topic.backend, TopicLog):
+            # crash-safe: a cursor over the topic log; a channel created at run time starts
+            # where the topic hands out next, one without a cursor file at the oldest record
+            log_ = topic.backend
+            start = log_.first_seq() if self._loading else log_.fanout
+            backend = Cursor(log_, name, persist=not ephemeral, start=start)
+            deferred_file = None
+        else:
+            backend = self.new_backend(queue_name, ephemeral)
+            deferred_file = (
+                None if ephemeral else metadata.deferred_path(self.data_path, queue_name)
+            )
         channel = Channel(topic, name, ephemeral, backend, self.opts, self.sweeper, deferred_file)
         channel.restore_deferred()
         self.policies.attach(channel)
         return channel
+
+    def new_topic_backend(self, name: str, ephemeral: bool):
+        """Crash-safe mode keeps a durable topic in its log; otherwise as new_backend."""
+        opts = self.opts
+        if not opts.crash_safe or ephemeral:
+            return self.new_backend(name, ephemeral)
+        return TopicLog(
+            name,
+            self.data_path,
+            opts.max_bytes_per_file,
+            opts.max_msg_size,
+            opts.sync_every,
+            Retention(opts.retention_time, opts.retention_bytes),
+        )
 
     def new_backend(self, name: str, ephemeral: bool):
         """Overflow goes to a disk queue in nsqd's format; ephemeral queues drop it."""
@@ -181,11 +207,10 @@ class NSQD:
             max_size,
             opts.sync_every,
             opts.sync_timeout,
-            acknowledged=opts.crash_safe,
         )
 
     def commit(self, queues) -> None:
-        """Crash-safe mode: wait until these disk queues are fsynced (shared group commit)."""
+        """Crash-safe mode: wait until these topic logs are fsynced (shared group commit)."""
         self._group_commit.commit(queues)
 
     def backends(self) -> list:

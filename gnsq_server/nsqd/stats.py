@@ -100,7 +100,7 @@ def channel_stats(
 ) -> dict:
     """One ChannelStats; ``clients`` is None (JSON null) when clients are not asked for."""
     clients = list(channel.clients.values())
-    stats = {
+    doc = {
         "channel_name": channel.name,
         "depth": channel.depth(),
         "backend_depth": channel.backend_depth(),
@@ -116,8 +116,13 @@ def channel_stats(
     }
     policy = getattr(channel, "policy", None)  # gnsq only: a delivery policy (nsqd/policy.py)
     if policy is not None:
-        stats["policy"] = policy.stats()
-    return stats
+        doc["policy"] = policy.stats()
+    if getattr(channel, "durable", False):
+        # crash-safe mode (gnsq only): the channel's cursor in the topic log
+        cursor = channel.backend
+        doc["log_position"] = cursor.read_seq
+        doc["log_committed"] = cursor.committed()
+    return doc
 
 
 def topic_stats(
@@ -129,7 +134,7 @@ def topic_stats(
     e2e: E2ESource = empty_e2e,
 ) -> dict:
     """One TopicStats over the given channels (already filtered and sorted by the caller)."""
-    return {
+    doc = {
         "topic_name": topic.name,
         "channels": [
             channel_stats(c, include_clients=include_clients, topic_filter=topic_filter, e2e=e2e)
@@ -142,6 +147,19 @@ def topic_stats(
         "paused": bool(topic.paused),
         "e2e_processing_latency": e2e(topic),
     }
+    if getattr(topic, "durable", False):
+        # crash-safe mode (gnsq only): the topic log, what retention keeps, replay's reach
+        log = topic.backend
+        retention = log.retention()
+        doc.update(
+            log_bytes=log.size(),
+            log_retained_bytes=log.retained_bytes(),
+            log_first_seq=log.first_seq(),
+            log_end_seq=log.end,
+            retention_time=int(retention.seconds * 1e9),
+            retention_bytes=retention.max_bytes,
+        )
+    return doc
 
 
 def collect(

@@ -1,4 +1,9 @@
-"""A topic: accepts publishes and gives every channel its own copy of each message."""
+"""A topic: accepts publishes and gives every channel its own copy of each message.
+
+In crash-safe mode the backend is the topic's log (topiclog.py): a publish is appended once,
+fsynced, and each channel reads it through its own cursor; the topic only decides how far
+its channels may read (it holds messages back while it has no channel or is paused).
+"""
 
 from __future__ import annotations
 
@@ -68,10 +73,9 @@ class Topic:
         self.started = True
         self.channels: dict[str, Channel] = {}
         self.memory: deque[Message] = deque()
-        #: crash-safe mode: publishes are acknowledged only once fsynced, and nothing waits
-        #: in memory: held messages stay in the disk queue until every channel has them
+        #: crash-safe mode: publishes are acknowledged only once fsynced to the topic log
         self.durable = bool(getattr(backend, "acknowledged", False))
-        self._mem_capacity = 0 if self.durable else nsqd.opts.mem_queue_size
+        self._mem_capacity = nsqd.opts.mem_queue_size
         self._ids = IdFactory(nsqd.opts.id)
         self._drainer: gevent.Greenlet | None = None
         self.message_count = 0
@@ -101,16 +105,15 @@ class Topic:
         if defer > 0:
             for msg in msgs:
                 msg.defer = defer
-        holding = self._holding() or self.has_backlog()
         self._admit(len(msgs))
-        self._check_room(len(msgs), holding)
+        if self.durable:
+            write, holding = self._append, True  # the channels read it once released
+        else:
+            holding = self._holding() or self.has_backlog()
+            self._check_room(len(msgs), holding)
+            write = self._hold if holding else self._fan_out
         try:
-            if holding:
-                self._hold(msgs)
-            else:
-                self._fan_out(msgs)
-            if self.durable:
-                self.nsqd.commit(self._queues_written(holding))
+            write(msgs)
         except OSError as err:
             log.error("TOPIC(%s): failed to write messages to disk - %s", self.name, err)
             self.nsqd.set_unhealthy(err)
@@ -148,6 +151,12 @@ class Topic:
         if msgs and self.backend is not None:
             self.backend.put_many([msg.encode() for msg in msgs])
 
+    def _append(self, msgs: list[Message]) -> None:
+        """Crash-safe mode: one write to the topic log, fsynced (shared with concurrent
+        publishers) before the publisher gets OK."""
+        self.backend.append(msgs)
+        self.nsqd.commit([self.backend])
+
     def _fan_out(self, msgs: list[Message]) -> None:
         """Every channel gets its own copy of the batch (the first one the originals)."""
         channels = list(self.channels.values())
@@ -155,22 +164,9 @@ class Topic:
             channel.put_many([msg.copy() for msg in msgs])
         channels[0].put_many(msgs)
 
-    def _queues_written(self, holding: bool) -> list:
-        """The disk queues a crash-safe publish wrote to, which must be fsynced before OK."""
-        if holding:
-            return [self.backend]
-        return [channel.backend for channel in self.channels.values() if channel.durable]
-
     def _take(self) -> Message | None:
         if self.memory:
             return self.memory.popleft()
-        if self.durable:
-            got = self.backend.get_pending()
-            if got is None:
-                return None
-            msg = Message.decode(got[0])
-            msg.token = got[1]
-            return msg
         if self.backend is not None and self.backend.readable():
             data = self.backend.get()
             if data is not None:
@@ -190,8 +186,19 @@ class Topic:
         self._start_draining()
 
     def _start_draining(self) -> None:
-        if self._drainer is None and not self._holding() and self.has_backlog():
+        if self.durable:
+            self._release_log()
+        elif self._drainer is None and not self._holding() and self.has_backlog():
             self._drainer = gevent.spawn(self._drain)
+
+    def _release_log(self) -> None:
+        """Crash-safe mode: let the channels' cursors read what the log holds."""
+        if self._holding():
+            return
+        count = self.backend.release()
+        if count:
+            for channel in list(self.channels.values()):
+                channel.log_grew(count)
 
     def _drain(self) -> None:
         """Hand a backlog to the channels in batches, yielding between batches."""
@@ -205,22 +212,12 @@ class Topic:
                     batch.append(msg)
                 if not batch:
                     return
-                tokens = [msg.token for msg in batch]
-                for msg in batch:
-                    msg.token = None  # the topic's token; the channels keep their own copies
                 try:
                     self._fan_out(batch)
-                    if self.durable:
-                        # the channels' copies are durable before the topic lets go of its own
-                        self.nsqd.commit(self._queues_written(holding=False))
-                        for token in tokens:
-                            self.backend.ack(token)
                 except (OSError, QueueFull) as err:
                     # Disk trouble, or channels without a disk queue are full: keep the batch
                     # in front of the backlog and try again shortly.
                     log.warning("TOPIC(%s): holding backlog - %s", self.name, err)
-                    for msg, token in zip(batch, tokens, strict=True):
-                        msg.token = token
                     self.memory.extendleft(reversed(batch))
                     gevent.sleep(0.5)
                     continue
@@ -278,7 +275,7 @@ class Topic:
             channel.flush()
         if self.backend is None or self.ephemeral:
             return
-        if self.memory and not self.durable:  # crash-safe: still pending on disk
+        if self.memory:
             self.backend.put_many([msg.encode() for msg in self.memory])
         self.memory.clear()
         self.backend.close()

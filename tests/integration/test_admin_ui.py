@@ -452,3 +452,42 @@ def test_tls_and_authed_client_details(browser, tmp_path_factory):
         for process in reversed(started):
             process.stop()
         auth.stop()
+
+
+def test_replay_on_a_crash_safe_node_asks_then_redelivers(tmp_path, browser, connect):
+    """gnsqadmin shows a crash-safe node's topic log and replays a channel after a confirm."""
+    nsqd = ServerProcess(
+        "gnsqd", "--crash-safe", "--tcp-address=127.0.0.1:0", "--http-address=127.0.0.1:0",
+        f"--data-path={tmp_path / 'data'}",
+    ).start()
+    admin = ServerProcess(
+        "gnsqadmin", "--http-address=127.0.0.1:0", "--refresh-interval=300ms",
+        f"--nsqd-http-address=127.0.0.1:{nsqd.http_port}",
+    ).start(expect=("HTTP",))
+    try:
+        consumer = connect(nsqd.tcp_port)
+        consumer.command(b"SUB logged work")
+        assert consumer.read_frame() == (0, b"OK")
+        body = "\n".join(f"message {n}" for n in range(20))
+        reply = requests.post(f"http://127.0.0.1:{nsqd.http_port}/mpub",
+                              params={"topic": "logged"}, data=body, timeout=5)
+        assert reply.text == "OK"
+        consumer.command(b"RDY 100")
+        first = [consumer.read_frame()[1] for _ in range(20)]
+        for frame in first:
+            consumer.command(b"FIN " + frame[10:26])
+
+        browser.get(f"http://127.0.0.1:{admin.http_port}/topics/logged/work")
+        wait_for(lambda: "position 20, finished below 20" in (text_of(browser, ".log-summary")
+                                                             or ""), what="log summary")
+        browser.execute_script("window.prompt = () => 'oldest';")  # the user's answer
+        click(browser, 'button[data-action="replay"]')
+        wait_for(lambda: browser.find_element(By.ID, "confirm").is_displayed(), what="dialog")
+        assert "Replay channel logged/work from oldest" in browser.find_element(
+            By.ID, "confirm-text").text
+        browser.find_element(By.ID, "confirm-ok").click()
+        again = [consumer.read_frame()[1] for _ in range(20)]
+        assert sorted(frame[26:] for frame in again) == sorted(frame[26:] for frame in first)
+    finally:
+        admin.stop()
+        nsqd.stop()

@@ -13,7 +13,7 @@ from gnsq_server.admin.app import create_app
 from gnsq_server.admin.cluster import ClusterInfo, UpstreamError
 from gnsq_server.admin.rates import RateHistory
 
-from .test_admin_cluster import NOW, FakeCluster, two_node_cluster
+from .test_admin_cluster import NOW, FakeCluster, channel, topic, two_node_cluster
 
 
 @pytest.fixture
@@ -74,6 +74,35 @@ def test_pause_action(client, fake: FakeCluster, path: str, expected: list[str])
     response = client.post(path, data=json.dumps({"action": "pause"}))
     assert (response.status_code, response.get_json()) == (200, {"message": ""})
     assert [p for p, _q in fake.posts()] == expected
+
+
+def test_replay_action_reaches_every_node_with_its_start(client, fake: FakeCluster) -> None:
+    body = {"action": "replay", "since": "2026-12-07T03:00:00Z"}
+    response = client.post("/api/topics/t/c", data=json.dumps(body))
+    assert (response.status_code, response.get_json()) == (200, {"message": ""})
+    params = {"topic": "t", "channel": "c", "since": "2026-12-07T03:00:00Z"}
+    assert fake.posts() == [
+        ("127.0.0.1:4151/channel/replay", params),
+        ("127.0.0.1:5151/channel/replay", params),
+    ]
+    missing = client.post("/api/topics/t/c", data=json.dumps({"action": "replay"}))
+    assert (missing.status_code, missing.get_json()) == (400, {"message": "MISSING_ARG_SINCE"})
+    on_topic = client.post("/api/topics/t", data=json.dumps(body))
+    assert (on_topic.status_code, on_topic.get_json()) == (400, {"message": "INVALID_ACTION"})
+
+
+def test_crash_safe_nodes_show_their_topic_log(fake: FakeCluster) -> None:
+    log = {"log_bytes": 900, "log_retained_bytes": 300, "log_first_seq": 4, "log_end_seq": 20}
+    crash_safe = {**topic("t", 2, [{**channel("c", 1), "log_position": 18, "log_committed": 15}])}
+    fake.replies["GET 127.0.0.1:4151/stats"] = {"topics": [{**crash_safe, **log}]}
+    cluster = ClusterInfo(fake, ["l1"], clock=lambda: NOW)
+    app = create_app(cluster, RateHistory(min_interval=0), refresh_interval=1.5)
+    client = app.test_client()
+    nodes = {n["node"]: n for n in client.get("/api/topics/t").get_json()["nodes"]}
+    assert {k: nodes["127.0.0.1:4151"][k] for k in log} == log
+    assert "log_bytes" not in nodes["127.0.0.1:5151"], "a default-mode node has no log"
+    channel_nodes = client.get("/api/topics/t/c").get_json()["nodes"]
+    assert [(n["log_position"], n["log_committed"]) for n in channel_nodes] == [(18, 15)]
 
 
 def test_delete_tombstone_create(client, fake: FakeCluster) -> None:

@@ -199,6 +199,8 @@ NSQD_DEFAULTS = {
     "snappy": True,
     "crash_safe": False,
     "drain_timeout": 0.0,
+    "retention_time": 0.0,
+    "retention_bytes": 0,
     "channel_max_attempts": 0,
     "channel_msg_ttl": 0.0,
     "channel_max_depth": 0,

@@ -122,7 +122,8 @@ function topicButtons(topic) {
 function channelButtons(topic, channel) {
   const attrs = { topic, channel: channel.channel_name };
   return (channel.paused ? button("unpause", "Unpause", attrs) : button("pause", "Pause", attrs))
-    + button("empty", "Empty", attrs, true) + button("delete", "Delete", attrs, true);
+    + button("empty", "Empty", attrs, true) + button("delete", "Delete", attrs, true)
+    + (hasLog(channel.nodes) ? button("replay", "Replay…", attrs, true) : "");
 }
 
 // --- refresh loop --------------------------------------------------------------------------
@@ -205,17 +206,27 @@ function confirmDialog(text) {
 async function act(btn) {
   const { action, topic, channel, node } = btn.dataset;
   const target = channel ? `channel ${topic}/${channel}` : `topic ${topic}`;
+  let since = null;
+  if (action === "replay") {
+    const hourAgo = new Date(Date.now() - 3600e3).toISOString();
+    since = window.prompt("Replay from (RFC 3339 time, Unix ns, or \"oldest\"):", hourAgo);
+    if (!since) return;
+  }
   const question = action === "tombstone"
     ? `Tombstone topic ${topic} on node ${node}? Lookupds stop listing it for consumers and the `
       + "topic is deleted on that node."
-    : `${action[0].toUpperCase() + action.slice(1)} ${target} on every node`
-      + (action === "delete" ? " and lookupd?" : "?");
+    : action === "replay"
+      ? `Replay ${target} from ${since}? Every message published since then is delivered again `
+        + "to this channel (other channels are untouched)."
+      : `${action[0].toUpperCase() + action.slice(1)} ${target} on every node`
+        + (action === "delete" ? " and lookupd?" : "?");
   if (!(await confirmDialog(question))) return;
   const path = channel ? `/api/topics/${seg(topic)}/${seg(channel)}` : `/api/topics/${seg(topic)}`;
   try {
     let result;
     if (action === "tombstone") result = await api("DELETE", `/api/nodes/${seg(node)}`, { topic });
     else if (action === "delete") result = await api("DELETE", path);
+    else if (action === "replay") result = await api("POST", path, { action, since });
     else result = await api("POST", path, { action });
     flash(result.message || `${action}: done (${target})`, Boolean(result.message));
     if (action === "delete") {

@@ -127,7 +127,7 @@ function renderTopics(ov) {
 function renderTopic(r, t, ov) {
   patch("s-summary", cards([[num(t.depth), "depth", "topic-depth"], [num(t.memory_depth), "in memory"],
     [num(t.backend_depth), "on disk"], [num(t.message_count), "messages"], [t.nodes.length, "nodes"],
-    stateCard(t.paused)]));
+    stateCard(t.paused)]) + logSummary(t.nodes));
   patch("s-actions", `<div class="actions">${topicButtons(t)}</div>`);
   const tomb = CONFIG.lookupd.length > 0 && CONFIG.is_admin;
   const rows = t.nodes.map((n) => `<tr data-node="${esc(n.node)}">
@@ -187,6 +187,19 @@ function clientHeads(withNode) {
     <th>TLS / features</th>`;
 }
 
+// gnsqd --crash-safe nodes report their topic log; the others do not
+function hasLog(nodes) {
+  return (nodes || []).some((n) => "log_position" in n || "log_bytes" in n);
+}
+
+function logSummary(nodes) {
+  if (!hasLog(nodes)) return "";
+  const parts = nodes.map((n) => ("log_position" in n
+    ? `${esc(n.node)}: position ${num(n.log_position)}, finished below ${num(n.log_committed)}`
+    : `${esc(n.node)}: ${num(n.log_bytes)} B, ${num(n.log_retained_bytes)} B retained for replay, seq ${num(n.log_first_seq)}–${num(n.log_end_seq)}`));
+  return `<p class="muted log-summary">Topic log · ${parts.join(" · ")}</p>`;
+}
+
 // A gnsqd delivery policy on one node: its limits and what it took out of the channel.
 function policyLine(p) {
   const sum = (o) => Object.values(o).reduce((a, b) => a + b, 0);
@@ -208,7 +221,7 @@ function renderChannel(r, c, ov) {
     [num(c.backend_depth), "on disk"], [num(c.in_flight_count), "in flight"],
     [num(c.deferred_count), "deferred"], [num(c.requeue_count), "requeued"],
     [num(c.timeout_count), "timed out"], [num(c.message_count), "messages"], stateCard(c.paused)])
-    + (c.policies || []).map(policyLine).join(""));
+    + (c.policies || []).map(policyLine).join("") + logSummary(c.nodes));
   patch("s-actions", `<div class="actions">${channelButtons(r.topic, c)}</div>`);
   const rows = c.nodes.map((n) => `<tr data-node="${esc(n.node)}">
     <td>${nodeLink(n.node)} <span class="muted">${esc(n.hostname)}</span> ${badge(n.paused)}</td>
