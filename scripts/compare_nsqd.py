@@ -242,12 +242,14 @@ def run_tool(argv: Sequence[str], timeout: float) -> str:
     return done.stdout + done.stderr
 
 
-def go_tool(opts: argparse.Namespace, tool: str, target: Target, topic: str) -> float:
+def go_tool(
+    opts: argparse.Namespace, tool: str, target: Target, topic: str, runfor: float = 0.0
+) -> float:
     argv = [
         str(Path(opts.nsq_bin) / tool),
         f"--nsqd-tcp-address={target.tcp[0]}:{target.tcp[1]}",
         f"--topic={topic}",
-        f"--runfor={opts.duration}s",
+        f"--runfor={runfor or opts.duration}s",
     ]
     return parse_go_tool(run_tool(argv, opts.duration + 60))
 
@@ -272,11 +274,11 @@ def load_consume(opts: argparse.Namespace, target: Target, topic: str) -> dict[s
     filled = prefill(target, opts.fill_count, topic)
     time.sleep(0.5)  # let the last batches land in the channel
     after = read_rss_kb(target.pid) if target.pid else None
-    rate = go_tool(opts, "bench_reader", target, topic)
+    rate = go_tool(opts, "bench_reader", target, topic, opts.consume_duration)
     out = {"consume": rate}
     if before is not None and after is not None and filled:
         out["rss"] = (after - before) * 1024 / filled
-    if rate * opts.duration >= 0.95 * filled:
+    if rate * opts.consume_duration >= 0.95 * filled:
         print(f"  note: bench_reader may have drained all {filled:.0f} messages", file=sys.stderr)
     return out
 
@@ -414,6 +416,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated modes (default all)")
     p.add_argument("--pairs", type=int, default=2, help="nsqd/gnsqd pairs per mode (default 2)")
     p.add_argument("--duration", type=float, default=3.0, help="seconds per load (default 3)")
+    p.add_argument(
+        "--consume-duration",
+        type=float,
+        default=1.5,
+        help="seconds bench_reader runs: short enough not to drain the fill (default 1.5)",
+    )
     p.add_argument(
         "--fill-count", type=int, default=1_000_000, help="messages queued before consume"
     )
