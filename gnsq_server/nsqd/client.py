@@ -18,7 +18,7 @@ from gevent.event import AsyncResult, Event
 
 from ..serving import format_address
 from ..wire import HEARTBEAT_FRAME
-from .message import Message
+from .message import Message, encode_frames
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,9 @@ class Client:
             self._wake_pending = True
             self._wake.set()
 
-    def send_message(self, msg: Message) -> None:
-        self.message_count += 1
-        self._out.append(msg.frame())
+    def send_messages(self, msgs: list[Message]) -> None:
+        self.message_count += len(msgs)
+        self._out.append(encode_frames(msgs))
         if not self._wake_pending:
             self._wake_pending = True
             self._wake.set()

@@ -11,6 +11,7 @@ HEADER_SIZE = _HEADER.size  # 26
 # A message frame: [int32 size][int32 frame type = 2] followed by the message encoding.
 _FRAME_HEADER = struct.Struct(">iiqH16s")
 _FRAME_TYPE_MESSAGE = 2
+_FRAME_OVERHEAD = HEADER_SIZE + 4  # the frame size counts the frame type field
 
 # nsqd's guid.go snowflake: 41 bits of (ns >> 20) since twepoch, 10 bits node, 12 bits seq.
 _TWEPOCH = 1288834974288
@@ -57,19 +58,6 @@ class Message:
         """The disk encoding (also the payload of a message frame)."""
         return _HEADER.pack(self.timestamp, self.attempts & 0xFFFF, self.id) + self.body
 
-    def frame(self) -> bytes:
-        """The whole message frame as sent to a consumer."""
-        return (
-            _FRAME_HEADER.pack(
-                len(self.body) + HEADER_SIZE + 4,
-                _FRAME_TYPE_MESSAGE,
-                self.timestamp,
-                self.attempts & 0xFFFF,
-                self.id,
-            )
-            + self.body
-        )
-
     @classmethod
     def decode(cls, data: bytes) -> Message:
         if len(data) < HEADER_SIZE:
@@ -79,6 +67,18 @@ class Message:
 
     def __repr__(self) -> str:
         return f"<Message {self.id.decode()} attempts={self.attempts} {len(self.body)}B>"
+
+
+def encode_frames(msgs: list[Message]) -> bytes:
+    """The message frames of a delivery batch, back to back: one buffer for the writer."""
+    pack, kind = _FRAME_HEADER.pack, _FRAME_TYPE_MESSAGE
+    return b"".join(
+        [
+            pack(len(m.body) + _FRAME_OVERHEAD, kind, m.timestamp, m.attempts & 0xFFFF, m.id)
+            + m.body
+            for m in msgs
+        ]
+    )
 
 
 class IdFactory:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from io import BufferedReader
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 CLOSE_WAIT = b"CLOSE_WAIT"
 MSG_ID_LENGTH = 16
+#: FIN lines exactly as nsqd would split them into a verb and a 16-byte id
+_FIN_RUN = re.compile(rb"(?:FIN [^ \r\n]{16}\n)+")
 _FIN_LINE_LENGTH = len(b"FIN 0123456789abcdef\n")
 
 # IDENTIFY fields and the JSON types Go's decoder accepts for them.
@@ -134,9 +137,10 @@ class ProtocolV2:
             line = readline(MAX_LINE_LENGTH)
             if not line.endswith(b"\n"):
                 return  # EOF, or a full 16 KiB read buffer without a newline: close silently
-            if len(line) == _FIN_LINE_LENGTH and line.startswith(b"FIN ") and not tls_gate:
-                # The commonest command, one per message consumed: skip the generic parse.
-                handler, params = self.fin, [b"FIN", line[4:20]]
+            if len(line) == _FIN_LINE_LENGTH and not tls_gate and _FIN_RUN.fullmatch(line):
+                # The commonest command, one per message consumed: take every FIN already
+                # buffered behind this one and finish them together.
+                handler, params = self.fin_run, [b"FIN", line[4:20]]
             else:
                 params = split_command(line)
                 handler = handlers.get(params[0])
@@ -420,6 +424,25 @@ class ProtocolV2:
         except ChannelError as err:
             raise ClientError("E_FIN_FAILED", f"FIN {decode_name(msg_id)} failed {err}") from None
         client.finish_count += 1
+        return None
+
+    def fin_run(self, params: list[bytes]) -> None:
+        """FIN params[1] and the run of well-formed FIN lines buffered right behind it."""
+        client = self.client
+        self._require_state("FIN", STATE_SUBSCRIBED, STATE_CLOSING)
+        ids = [params[1]]
+        buffered = transport.peek_buffered(self.reader)
+        run = _FIN_RUN.match(buffered)
+        if run is not None:
+            end = run.end()
+            ids += [buffered[at + 4 : at + 20] for at in range(0, end, _FIN_LINE_LENGTH)]
+            self.reader.read(end)
+        failed = client.channel.finish_many(client, ids)
+        client.finish_count += len(ids) - len(failed)
+        for msg_id, reason in failed:
+            err = ClientError("E_FIN_FAILED", f"FIN {decode_name(msg_id)} failed {reason}")
+            log.debug("[%s] %s", client.remote_address, err)
+            client.send(error_frame(err))
         return None
 
     def req(self, params: list[bytes]) -> None:

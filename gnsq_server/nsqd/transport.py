@@ -76,6 +76,16 @@ def make_reader(sock, buffer_size: int) -> io.BufferedReader:
     return io.BufferedReader(ConnectionSource(sock.recv_into), buffer_size)
 
 
+def peek_buffered(reader: io.BufferedReader) -> bytes:
+    """The bytes the reader holds already, without touching the socket (b"" when none)."""
+    source = reader.raw
+    recv_into, source.recv_into = source.recv_into, _at_eof
+    try:
+        return reader.peek(1)
+    finally:
+        source.recv_into = recv_into
+
+
 def take_buffered(reader: io.BufferedReader) -> bytes:
     """The bytes ``reader`` has already pulled off the wire but not handed out."""
     source = reader.raw
