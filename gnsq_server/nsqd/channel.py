@@ -337,26 +337,39 @@ class Channel:
     def finish_many(self, client: Consumer, msg_ids: list[bytes]) -> list[tuple[bytes, str]]:
         """FIN a run of ids from one consumer, with one release (and pump) for the lot; the
         ids that could not be finished come back with nsqd's reason, in order."""
-        in_flight, e2e = self.in_flight, self.e2e
+        msgs = self.in_flight.remove_many(msg_ids)
         failed: list[tuple[bytes, str]] = []
-        done = 0
-        for msg_id in msg_ids:
-            msg = in_flight.remove(msg_id)
+        if not all([msg is not None and msg.client is client for msg in msgs]):
+            msgs = self._sort_out_failed(client, msg_ids, msgs, failed)
+        if self.e2e is not None:
+            for msg in msgs:
+                self.e2e.insert(msg.timestamp)
+        if self.durable:
+            for msg in msgs:
+                self._forget(msg)
+        if msgs:
+            self._release(client, len(msgs))
+        return failed
+
+    def _sort_out_failed(
+        self,
+        client: Consumer,
+        msg_ids: list[bytes],
+        msgs: list[Message | None],
+        failed: list[tuple[bytes, str]],
+    ) -> list[Message]:
+        """The owned messages of a FIN run; the others' reasons go to `failed`, and another
+        consumer's message goes back in flight untouched."""
+        owned = []
+        for msg_id, msg in zip(msg_ids, msgs, strict=True):
             if msg is None:
                 failed.append((msg_id, "ID not in flight"))
-                continue
-            if msg.client is not client:
-                in_flight.push(msg, msg.deadline)
+            elif msg.client is not client:
+                self.in_flight.push(msg, msg.deadline)
                 failed.append((msg_id, "client does not own message"))
-                continue
-            if e2e is not None:
-                e2e.insert(msg.timestamp)
-            if msg.token is not None:
-                self._forget(msg)
-            done += 1
-        if done:
-            self._release(client, done)
-        return failed
+            else:
+                owned.append(msg)
+        return owned
 
     def requeue(self, client: Consumer, msg_id: bytes, delay: float) -> None:
         msg = self._owned(client, msg_id)

@@ -3,7 +3,10 @@
 Every frame for a client, whoever produces it (its own command loop, a publisher handing it a
 message, the sweeper), is appended to one output list; a single writer greenlet per client
 sends whatever has piled up in one `sendall` and sends the heartbeats. Publishers therefore
-never block on a slow consumer's socket, and frames stay in order.
+never block on a slow consumer's socket, and frames stay in order. A command's reply is the
+exception that saves a wake-up per command: when nothing is queued or being written, the
+command loop writes it itself (blocking, as nsqd's writes do). Heartbeats come from one
+repeating timer per client rather than a timeout on every wait of the writer.
 """
 
 from __future__ import annotations
@@ -76,7 +79,9 @@ class Client:
         self._wake_pending = False  # set() already called since the writer last looked
         self._drained = Event()  # the writer finished a write: a backlogged loop may go on
         self._closing = False
-        self._next_heartbeat = time.monotonic() + self.heartbeat_interval
+        self._writing = False  # a write is under way (by the writer or by respond())
+        self._heartbeat_due = False
+        self._heartbeat_timer = None
         self._writer = gevent.spawn(self._write_loop)
         self._apply_timeouts()
 
@@ -101,7 +106,6 @@ class Client:
     def set_heartbeat_interval(self, seconds: float) -> None:
         """0 disables heartbeats and the read/write deadlines that go with them."""
         self.heartbeat_interval = seconds
-        self._next_heartbeat = time.monotonic() + seconds
         self._apply_timeouts()
         self._wake.set()
 
@@ -110,6 +114,20 @@ class Client:
         # loop keeps the two-interval read deadline itself (transport.ConnectionSource).
         interval = self.heartbeat_interval
         self.sock.settimeout(interval if interval > 0 else None)
+        self._stop_heartbeats()
+        if interval > 0:
+            self._heartbeat_timer = gevent.get_hub().loop.timer(interval, interval)
+            self._heartbeat_timer.start(self._heartbeat_tick)
+
+    def _heartbeat_tick(self) -> None:
+        self._heartbeat_due = True
+        self._wake.set()
+
+    def _stop_heartbeats(self) -> None:
+        timer, self._heartbeat_timer = self._heartbeat_timer, None
+        if timer is not None:
+            timer.stop()
+            timer.close()
 
     # -- output -------------------------------------------------------------------------
 
@@ -118,6 +136,20 @@ class Client:
         if not self._wake_pending:
             self._wake_pending = True
             self._wake.set()
+
+    def respond(self, data: bytes) -> None:
+        """A command's reply: written at once when nothing is queued or being written ahead of
+        it, queued for the writer otherwise."""
+        if self._out or self._writing or self._upgrade_step is not None or self._closing:
+            self.send(data)
+            return
+        self._writing = True
+        try:
+            self._write(data)
+        finally:
+            self._writing = False
+            if self._out or self._heartbeat_due or self._closing:
+                self._wake.set()  # what arrived meanwhile was left to the writer
 
     def send_messages(self, msgs: list[Message]) -> None:
         self.message_count += len(msgs)
@@ -177,14 +209,12 @@ class Client:
         out, wake = self._out, self._wake
         try:
             while True:
-                if not out and not self._closing:
-                    interval = self.heartbeat_interval
-                    if interval > 0:
-                        wake.wait(max(0.0, self._next_heartbeat - time.monotonic()))
-                    else:
-                        wake.wait()
+                if self._writing or not (out or self._heartbeat_due or self._closing):
+                    wake.wait()
                 wake.clear()
                 self._wake_pending = False
+                if self._writing:
+                    continue  # respond() is writing; it wakes us when it is done
                 if self._upgrade_step is not None:
                     if out:
                         data = b"".join(out)
@@ -192,16 +222,17 @@ class Client:
                         self._write(data)
                     self._run_upgrade_step()
                     continue
-                interval = self.heartbeat_interval
-                now = time.monotonic()
-                if interval > 0 and now >= self._next_heartbeat:
+                if self._heartbeat_due:
+                    self._heartbeat_due = False
                     out.append(HEARTBEAT_FRAME)
-                    following = self._next_heartbeat + interval
-                    self._next_heartbeat = following if following > now else now + interval
                 if out:
                     data = b"".join(out)
                     out.clear()
-                    self._write(data)
+                    self._writing = True
+                    try:
+                        self._write(data)
+                    finally:
+                        self._writing = False
                     self._drained.set()
                 elif self._closing:
                     break
@@ -209,6 +240,7 @@ class Client:
             log.info("CLIENT(%s): write failed - %s", self.remote_address, err)
         finally:
             self._closing = True
+            self._stop_heartbeats()
             self._drained.set()
             if self._upgrade_step is not None:
                 self._upgrade_step[1].set_exception(OSError("connection closed"))
@@ -220,6 +252,7 @@ class Client:
     def release(self) -> None:
         """Final cleanup once the command loop has ended."""
         self._closing = True
+        self._stop_heartbeats()
         self._wake.set()
         if gevent.getcurrent() is not self._writer:
             self._writer.join(1.0)

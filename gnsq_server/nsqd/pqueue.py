@@ -66,6 +66,15 @@ class DeadlineQueue:
             for msg in msgs:
                 fifo.move_to_end(msg.id)
 
+    def remove_many(self, msg_ids: list[bytes]) -> list[Message | None]:
+        """Remove a run of ids (a FIN run); None for each one not queued."""
+        pop = self._fifo.pop
+        msgs = [pop(msg_id, None) for msg_id in msg_ids]
+        if self._late:
+            remove = self.remove
+            msgs = [m if m is not None else remove(i) for i, m in zip(msg_ids, msgs, strict=True)]
+        return msgs
+
     def remove(self, msg_id: bytes) -> Message | None:
         msg = self._fifo.pop(msg_id, None)
         if msg is not None:

@@ -168,7 +168,7 @@ class ProtocolV2:
                     return
                 continue
             if response is not None:
-                client.send(response)
+                client.respond(response)
 
     # -- reading bodies -----------------------------------------------------------------
 
