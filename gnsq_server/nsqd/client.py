@@ -22,6 +22,7 @@ from gevent.event import AsyncResult, Event
 from ..serving import format_address
 from ..wire import HEARTBEAT_FRAME
 from .message import Message, encode_frames
+from .transport import plain_writer
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class Client:
         self.channel = None
         self.identified = False
         self._out: list[bytes] = []
-        self._write = sock.sendall  # replaced by TLS / compression upgrades
+        self._write = plain_writer(sock)  # replaced by TLS / compression upgrades
         self._upgrade_step: tuple | None = None
         self._wake = Event()
         self._wake_pending = False  # set() already called since the writer last looked
