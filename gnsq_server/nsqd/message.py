@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import time
+from itertools import repeat
 
 # [int64 timestamp_ns][uint16 attempts][16 bytes ASCII hex id][body ...]
 _HEADER = struct.Struct(">qH16s")
@@ -98,7 +99,7 @@ class IdFactory:
         while len(ids) < count:
             ts, first = self._claim(count - len(ids))
             prefix = (b"%016x" % (((ts - _TWEPOCH) << _TIME_SHIFT) | self._node_bits))[:13]
-            ids.extend([prefix + _SEQUENCE_HEX[seq] for seq in range(first, self._sequence + 1)])
+            ids.extend([prefix + digits for digits in _SEQUENCE_HEX[first : self._sequence + 1]])
         return ids
 
     def next_id(self) -> bytes:
@@ -124,11 +125,8 @@ class IdFactory:
 
     def new_messages(self, bodies: list[bytes]) -> list[Message]:
         """Messages for a publish: ids from one batch, one timestamp for the batch."""
-        now = time.time_ns()
-        return [
-            Message(msg_id, body, now)
-            for msg_id, body in zip(self.next_ids(len(bodies)), bodies, strict=True)
-        ]
+        count = len(bodies)
+        return list(map(Message, self.next_ids(count), bodies, repeat(time.time_ns(), count)))
 
 
 _SEQUENCE_HEX = [b"%03x" % sequence for sequence in range(_SEQUENCE_MASK + 1)]

@@ -558,12 +558,17 @@ class ProtocolV2:
         """Cut whole, valid records out of what the reader already holds, without a read call
         per record; anything doubtful is left to _read_mpub_record and its exact errors."""
         limit, offset, end = self.opts.max_msg_size, 0, len(buffered)
-        while len(bodies) < count and offset + 4 <= end:
-            size = unpack_int32(buffered, offset)[0]
-            if not 0 < size <= limit or offset + 4 + size > end:
+        append = bodies.append
+        for _ in range(count - len(bodies)):
+            start = offset + 4
+            if start > end:
                 break
-            bodies.append(buffered[offset + 4 : offset + 4 + size])
-            offset += 4 + size
+            (size,) = unpack_int32(buffered, offset)
+            stop = start + size
+            if size <= 0 or size > limit or stop > end:
+                break
+            append(buffered[start:stop])
+            offset = stop
         if offset:
             self.reader.read(offset)
         return offset > 0

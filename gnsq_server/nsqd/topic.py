@@ -117,7 +117,7 @@ class Topic:
             raise PublishError(str(err)) from err
         self.nsqd.set_healthy()
         self.message_count += len(msgs)
-        self.message_bytes += sum(len(body) for body in bodies)
+        self.message_bytes += sum(map(len, bodies))
         if holding:
             self._start_draining()
         return msgs
