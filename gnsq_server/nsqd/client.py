@@ -3,9 +3,10 @@
 Every frame for a client, whoever produces it (its own command loop, a publisher handing it a
 message, the sweeper), is appended to one output list; a single writer greenlet per client
 sends whatever has piled up in one `sendall` and sends the heartbeats. Publishers therefore
-never block on a slow consumer's socket, and frames stay in order. A command's reply is the
-exception that saves a wake-up per command: when nothing is queued or being written, the
-command loop writes it itself (blocking, as nsqd's writes do). Heartbeats come from one
+never block on a slow consumer's socket, and frames stay in order. The command loop saves
+the writer a wake-up per command: replies are queued without waking it, and before the loop
+reads the socket again it writes whatever is queued itself (one write for a pipelined run of
+commands; blocking, as nsqd's writes do) unless the writer is busy. Heartbeats come from one
 repeating timer per client rather than a timeout on every wait of the writer.
 """
 
@@ -33,6 +34,8 @@ STATE_CLOSING = 4
 #: nsqd's internal client timeout; the default heartbeat interval is half of it
 CLIENT_TIMEOUT = 60.0
 DEFAULT_OUTPUT_BUFFER_SIZE = 16 * 1024
+#: a command loop that finds more to read every time lets other greenlets run this often
+YIELD_INTERVAL = 0.001
 #: frames queued for a client that is not reading them before its command loop stops reading
 #: more commands (nsqd's writes block the loop the same way); RDY bounds message frames anyway
 OUTPUT_BACKLOG_LIMIT = 4096
@@ -83,6 +86,7 @@ class Client:
         self._writing = False  # a write is under way (by the writer or by respond())
         self._heartbeat_due = False
         self._heartbeat_timer = None
+        self._yield_at = 0.0
         self._writer = gevent.spawn(self._write_loop)
         self._apply_timeouts()
 
@@ -139,18 +143,32 @@ class Client:
             self._wake.set()
 
     def respond(self, data: bytes) -> None:
-        """A command's reply: written at once when nothing is queued or being written ahead of
-        it, queued for the writer otherwise."""
-        if self._out or self._writing or self._upgrade_step is not None or self._closing:
-            self.send(data)
-            return
-        self._writing = True
-        try:
-            self._write(data)
-        finally:
-            self._writing = False
-            if self._out or self._heartbeat_due or self._closing:
-                self._wake.set()  # what arrived meanwhile was left to the writer
+        """A command's reply, from the command loop: before_read() writes it."""
+        self._out.append(data)
+
+    def before_read(self) -> None:
+        """The command loop is about to read the socket: write what its commands queued, and
+        let other greenlets run if it has not yielded for a while (a client that pipelines
+        without pause would otherwise keep the hub, and everyone's deliveries, waiting)."""
+        out = self._out
+        if out:
+            if self._writing or self._upgrade_step is not None or self._closing:
+                self._wake.set()
+            else:
+                data = b"".join(out)
+                out.clear()
+                self._writing = True
+                try:
+                    self._write(data)
+                finally:
+                    self._writing = False
+                    if out or self._heartbeat_due or self._closing:
+                        self._wake.set()  # what arrived meanwhile was left to the writer
+                self._drained.set()
+        now = time.monotonic()
+        if now >= self._yield_at:
+            self._yield_at = now + YIELD_INTERVAL
+            gevent.sleep(0)
 
     def send_messages(self, msgs: list[Message]) -> None:
         self.message_count += len(msgs)
@@ -165,6 +183,7 @@ class Client:
     def wait_for_writer(self) -> None:
         """Block the command loop while the client leaves a backlog of frames unread."""
         while len(self._out) > OUTPUT_BACKLOG_LIMIT and not self._closing:
+            self._wake.set()  # replies are queued without waking the writer
             self._drained.clear()
             self._drained.wait()
 

@@ -105,6 +105,7 @@ class ProtocolV2:
         self.opts = nsqd.opts
         self.client = client
         self.reader = reader
+        reader.raw.before_read = client.before_read
         self._tls_context = getattr(nsqd, "tls_context", None)
         # per-connection AUTH state; None when no --auth-http-address is set
         self._auth = ClientAuth(self.opts, client) if self.opts.auth_http_addresses else None

@@ -45,18 +45,22 @@ class ConnectionSource(io.RawIOBase):
     It also keeps nsqd's read deadline: the command loop sets ``deadline`` (a monotonic
     time) before each command, and every read of that command, body included, must finish by
     then. The socket's own timeout is the shorter write deadline, so a read that times out
-    before the command's deadline is simply retried.
+    before the command's deadline is simply retried. ``before_read`` runs before each read of
+    the socket, when the commands buffered so far have all been handled.
     """
 
     def __init__(self, recv_into: Callable[[memoryview], int]) -> None:
         super().__init__()
         self.recv_into = recv_into
         self.deadline: float | None = None
+        self.before_read: Callable[[], None] | None = None
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
+        if self.before_read is not None:
+            self.before_read()
         while True:
             deadline = self.deadline
             if deadline is not None and time.monotonic() >= deadline:
