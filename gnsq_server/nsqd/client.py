@@ -86,7 +86,8 @@ class Client:
         self._writing = False  # a write is under way (by the writer or by respond())
         self._heartbeat_due = False
         self._heartbeat_timer = None
-        self._yield_at = 0.0
+        #: when the command loop should next let other greenlets run (see take_turn)
+        self.yield_at = 0.0
         self._writer = gevent.spawn(self._write_loop)
         self._apply_timeouts()
 
@@ -147,28 +148,30 @@ class Client:
         self._out.append(data)
 
     def before_read(self) -> None:
-        """The command loop is about to read the socket: write what its commands queued, and
-        let other greenlets run if it has not yielded for a while (a client that pipelines
-        without pause would otherwise keep the hub, and everyone's deliveries, waiting)."""
+        """The command loop is about to read the socket: write what its commands queued."""
         out = self._out
-        if out:
-            if self._writing or self._upgrade_step is not None or self._closing:
-                self._wake.set()
-            else:
-                data = b"".join(out)
-                out.clear()
-                self._writing = True
-                try:
-                    self._write(data)
-                finally:
-                    self._writing = False
-                    if out or self._heartbeat_due or self._closing:
-                        self._wake.set()  # what arrived meanwhile was left to the writer
-                self._drained.set()
-        now = time.monotonic()
-        if now >= self._yield_at:
-            self._yield_at = now + YIELD_INTERVAL
-            gevent.sleep(0)
+        if not out:
+            return
+        if self._writing or self._upgrade_step is not None or self._closing:
+            self._wake.set()
+            return
+        data = b"".join(out)
+        out.clear()
+        self._writing = True
+        try:
+            self._write(data)
+        finally:
+            self._writing = False
+            if out or self._heartbeat_due or self._closing:
+                self._wake.set()  # what arrived meanwhile was left to the writer
+        self._drained.set()
+
+    def take_turn(self, now: float) -> None:
+        """Called by a command loop that has run for YIELD_INTERVAL without waiting for data:
+        send its replies and let the other greenlets (everyone's deliveries) run."""
+        self.yield_at = now + YIELD_INTERVAL
+        self.before_read()
+        gevent.sleep(0)
 
     def send_messages(self, msgs: list[Message]) -> None:
         self.message_count += len(msgs)

@@ -132,9 +132,12 @@ class ProtocolV2:
         while True:
             if client.backlogged():
                 client.wait_for_writer()  # like nsqd's blocking writes: no reading meanwhile
+            now = monotonic()
+            if now >= client.yield_at:
+                client.take_turn(now)
             # nsqd's read deadline: two heartbeat intervals for the whole command, body included
             interval = client.heartbeat_interval
-            source.deadline = monotonic() + 2 * interval if interval > 0 else None
+            source.deadline = now + 2 * interval if interval > 0 else None
             line = readline(MAX_LINE_LENGTH)
             if not line.endswith(b"\n"):
                 return  # EOF, or a full 16 KiB read buffer without a newline: close silently

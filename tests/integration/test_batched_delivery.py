@@ -5,6 +5,12 @@ RDY window and queue order, and a FIN line nsqd would split differently is not b
 
 from __future__ import annotations
 
+import fcntl
+import struct
+import termios
+import threading
+import time
+
 import pytest
 
 from .test_delivery import (
@@ -98,3 +104,23 @@ def test_two_consumers_share_a_big_batch(server, connect):
         counts.append(seen)
     assert sum(counts) == 1000
     assert all(count >= 400 for count in counts), counts  # neither window was exceeded
+
+
+def test_a_publisher_that_never_pauses_does_not_hold_back_deliveries(server, connect):
+    """The publisher's command loop always finds more to read; consumers must get messages
+    while it runs, not once its whole pipeline is done."""
+    port = server.server.tcp_port
+    consumer = subscribe(connect, port, "busy", "c", rdy=2500)
+    publisher = connect(port)
+    count = 6000
+    frame = b"PUB busy\n" + struct.pack(">i", 8) + b"12345678"
+    # Hold the server's hub while the whole burst lands in its socket buffer, so that its
+    # command loop then never has to wait for data.
+    stall = threading.Thread(target=server.call, args=(time.sleep, 0.5))
+    stall.start()
+    time.sleep(0.1)
+    publisher.send(frame * count)
+    read_message(consumer, timeout=10)
+    answered = struct.unpack("i", fcntl.ioctl(publisher.sock, termios.FIONREAD, b"\0" * 4))[0]
+    stall.join(5)
+    assert answered < count * len(b"\0\0\0\x06\0\0\0\0OK") // 2, "deliveries waited for the burst"
