@@ -16,7 +16,7 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Protocol
 
 from . import metadata
-from .message import Message
+from .message import Message, encode_many
 from .pqueue import DeadlineQueue
 
 if TYPE_CHECKING:
@@ -129,11 +129,10 @@ class Channel:
         """
         self.message_count += len(msgs)
         if self.durable:
-            self.backend.put_many([msg.encode() for msg in msgs])
+            self.backend.put_many(encode_many(msgs))
             due = time.monotonic()
-            for msg in msgs:
-                if msg.defer > 0:
-                    self._defer_due[msg.id] = due + msg.defer
+            for msg in [m for m in msgs if m.defer > 0]:
+                self._defer_due[msg.id] = due + msg.defer
             self._pump()
             if self.policy is not None:
                 self.policy.trim()
@@ -157,7 +156,7 @@ class Channel:
         if spill:
             if self.backend is None:
                 raise QueueFull(f"channel {self.topic_name}:{self.name} memory queue is full")
-            self.backend.put_many([msg.encode() for msg in spill])
+            self.backend.put_many(encode_many(spill))
         if self.policy is not None:
             self.policy.trim()
 
@@ -494,7 +493,7 @@ class Channel:
                 for msg_id, due in self._defer_due.items()
             ]
         elif queued:
-            self.backend.put_many([msg.encode() for msg in queued])
+            self.backend.put_many(encode_many(queued))
         self.backend.close()
         if self._deferred_file is not None:
             metadata.save_deferred(self._deferred_file, entries)

@@ -57,7 +57,7 @@ class Message:
 
     def encode(self) -> bytes:
         """The disk encoding (also the payload of a message frame)."""
-        return _HEADER.pack(self.timestamp, self.attempts & 0xFFFF, self.id) + self.body
+        return encode_many((self,))[0]
 
     @classmethod
     def decode(cls, data: bytes) -> Message:
@@ -68,6 +68,12 @@ class Message:
 
     def __repr__(self) -> str:
         return f"<Message {self.id.decode()} attempts={self.attempts} {len(self.body)}B>"
+
+
+def encode_many(msgs) -> list[bytes]:
+    """The disk encodings of a batch (one call instead of a method call per message)."""
+    pack = _HEADER.pack
+    return [pack(m.timestamp, m.attempts & 0xFFFF, m.id) + m.body for m in msgs]
 
 
 def encode_frames(msgs: list[Message]) -> bytes:

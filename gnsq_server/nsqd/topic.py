@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import gevent
 
 from .channel import Channel, QueueFull
-from .message import IdFactory, Message
+from .message import IdFactory, Message, encode_many
 
 if TYPE_CHECKING:
     from .nsqd import NSQD
@@ -146,7 +146,7 @@ class Topic:
             self.memory.extend(msgs[:room])
             msgs = msgs[room:]
         if msgs and self.backend is not None:
-            self.backend.put_many([msg.encode() for msg in msgs])
+            self.backend.put_many(encode_many(msgs))
 
     def _fan_out(self, msgs: list[Message]) -> None:
         """Every channel gets its own copy of the batch (the first one the originals)."""
@@ -279,6 +279,6 @@ class Topic:
         if self.backend is None or self.ephemeral:
             return
         if self.memory and not self.durable:  # crash-safe: still pending on disk
-            self.backend.put_many([msg.encode() for msg in self.memory])
+            self.backend.put_many(encode_many(self.memory))
         self.memory.clear()
         self.backend.close()
