@@ -83,7 +83,7 @@ class Client:
         self._wake_pending = False  # set() already called since the writer last looked
         self._drained = Event()  # the writer finished a write: a backlogged loop may go on
         self._closing = False
-        self._writing = False  # a write is under way (by the writer or by respond())
+        self._writing = False  # a write is under way (by the writer or by before_read())
         self._heartbeat_due = False
         self._heartbeat_timer = None
         #: when the command loop should next let other greenlets run (see take_turn)
@@ -155,15 +155,21 @@ class Client:
         if self._writing or self._upgrade_step is not None or self._closing:
             self._wake.set()
             return
-        data = b"".join(out)
-        out.clear()
+        try:
+            self._write_out()
+        finally:
+            if out or self._heartbeat_due or self._closing:
+                self._wake.set()  # what arrived meanwhile was left to the writer
+
+    def _write_out(self) -> None:
+        """Send everything queued in one write; nobody else writes meanwhile."""
+        data = b"".join(self._out)
+        self._out.clear()
         self._writing = True
         try:
             self._write(data)
         finally:
             self._writing = False
-            if out or self._heartbeat_due or self._closing:
-                self._wake.set()  # what arrived meanwhile was left to the writer
         self._drained.set()
 
     def take_turn(self, now: float) -> None:
@@ -237,7 +243,7 @@ class Client:
                 wake.clear()
                 self._wake_pending = False
                 if self._writing:
-                    continue  # respond() is writing; it wakes us when it is done
+                    continue  # the command loop is writing; it wakes us when it is done
                 if self._upgrade_step is not None:
                     if out:
                         data = b"".join(out)
@@ -249,14 +255,7 @@ class Client:
                     self._heartbeat_due = False
                     out.append(HEARTBEAT_FRAME)
                 if out:
-                    data = b"".join(out)
-                    out.clear()
-                    self._writing = True
-                    try:
-                        self._write(data)
-                    finally:
-                        self._writing = False
-                    self._drained.set()
+                    self._write_out()
                 elif self._closing:
                     break
         except OSError as err:
