@@ -2,7 +2,9 @@
 
 Delivery is push-driven: a message put into a channel goes straight to a ready consumer when
 there is one, and a consumer that becomes ready pulls from the queue. There is no pump greenlet
-per channel or per client, so a message costs no greenlet switch on its way through.
+per channel or per client, so a message costs no greenlet switch on its way through. Messages
+move in batches (a publish, a run of FINs, a consumer's free window): one clock reading, one
+in-flight insert run and one output buffer per batch, not per message.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Protocol
 
 from . import metadata
-from .message import Message
+from .message import Message, encode_many
 from .pqueue import DeadlineQueue
 
 if TYPE_CHECKING:
     from .topic import Topic
 
 log = logging.getLogger(__name__)
+
+#: most messages one consumer gets in one hand-over before the next ready consumer's turn
+DELIVERY_BATCH = 256
 
 
 class Consumer(Protocol):
@@ -33,7 +38,7 @@ class Consumer(Protocol):
     sample_rate: int
 
     def is_ready(self) -> bool: ...
-    def send_message(self, msg: Message) -> None: ...
+    def send_messages(self, msgs: list[Message]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -121,20 +126,26 @@ class Channel:
         the disk queue in one write.
         """
         self.message_count += len(msgs)
+        # What fits: the memory queue's room plus the ready consumers' free windows (the pump
+        # below moves the latter straight on, so memory ends within its capacity).
+        fits = self._mem_capacity - len(self.memory)
+        if self._ready and not self.paused:
+            fits += sum(c.ready_count - c.in_flight_count for c in self._ready.values())
         spill: list[Message] = []
+        queue = self.memory
         for msg in msgs:
             if msg.defer > 0:
                 self._defer(msg, msg.defer)
-            elif spill or not (
-                (self._ready and not self.paused) or len(self.memory) < self._mem_capacity
-            ):
+            elif spill or fits <= 0:
                 spill.append(msg)  # once spilling, the rest follows to keep the order
             else:
-                self._enqueue(msg)
+                queue.append(msg)
+                fits -= 1
+        self._pump()
         if spill:
             if self.backend is None:
                 raise QueueFull(f"channel {self.topic_name}:{self.name} memory queue is full")
-            self.backend.put_many([msg.encode() for msg in spill])
+            self.backend.put_many(encode_many(spill))
         if self.policy is not None:
             self.policy.trim()
 
@@ -158,7 +169,7 @@ class Channel:
 
     def _enqueue(self, msg: Message) -> None:
         if self._ready and not self.paused:
-            self._deliver(next(iter(self._ready.values())), msg)
+            self._deliver(next(iter(self._ready.values())), [msg])
         elif msg.token is not None or len(self.memory) < self._mem_capacity:
             # a crash-safe message already has its place on disk: requeue it in memory
             self.memory.append(msg)
@@ -189,6 +200,25 @@ class Channel:
             return self.memory.popleft()
         return None
 
+    def _take_many(self, count: int) -> list[Message]:
+        """Up to `count` queued messages; straight off the memory queue when disk has none."""
+        memory = self.memory
+        if not self.durable and (self.backend is None or not self.backend.readable()):
+            self._disk_turn = True
+            if len(memory) <= count:
+                msgs = list(memory)
+                memory.clear()
+                return msgs
+            popleft = memory.popleft
+            return [popleft() for _ in range(count)]
+        msgs = []
+        while len(msgs) < count:
+            msg = self._take()
+            if msg is None:
+                break
+            msgs.append(msg)
+        return msgs
+
     def _take_pending(self) -> Message | None:
         """Crash-safe mode: the next message of the log, kept there until FIN; one still
         due later (DPUB, or a delayed requeue before a restart) goes to the deferred set."""
@@ -206,42 +236,60 @@ class Channel:
 
     # -- delivery -----------------------------------------------------------------------
 
-    def _deliver(self, client: Consumer, msg: Message) -> None:
-        if self.policy is not None and self.policy.expired(msg):
+    def _deliver(self, client: Consumer, msgs: list[Message]) -> None:
+        """Hand a batch to one ready consumer (no more than its free window)."""
+        if self.policy is not None:
+            msgs = [msg for msg in msgs if not self.policy.expired(msg)]
+        if client.sample_rate:
+            msgs = self._sampled(client, msgs)
+        if not msgs:
             return
-        ready = self._ready
-        if client.sample_rate and random.randrange(100) > client.sample_rate:
-            self._forget(msg)
-            return  # nsqd drops unsampled messages for the whole channel
         now = time.monotonic()
-        msg.attempts += 1
-        msg.client = client
-        msg.delivered_at = now
+        for msg in msgs:
+            msg.attempts += 1
+            msg.client = client
+            msg.delivered_at = now
         deadline = now + client.msg_timeout
-        self.in_flight.push(msg, deadline)
+        self.in_flight.push_many(msgs, deadline)
         wake_at = self.wake_at
         if wake_at is None or deadline < wake_at:
             self._schedule(deadline)
-        client.in_flight_count += 1
-        client.send_message(msg)
+        client.in_flight_count += len(msgs)
+        client.send_messages(msgs)
         # Rotate for round robin, or drop out of the ready set once the window is full.
         if client.in_flight_count < client.ready_count:
-            ready.move_to_end(client.id)
+            self._ready.move_to_end(client.id)
         else:
-            del ready[client.id]
+            del self._ready[client.id]
+
+    def _sampled(self, client: Consumer, msgs: list[Message]) -> list[Message]:
+        """nsqd drops unsampled messages for the whole channel."""
+        kept = []
+        for msg in msgs:
+            if random.randrange(100) > client.sample_rate:
+                self._forget(msg)
+            else:
+                kept.append(msg)
+        return kept
 
     def _pump(self) -> None:
         """Hand queued messages to ready consumers until one side runs out."""
         ready = self._ready
         while ready and not self.paused:
-            msg = self._take()
-            if msg is None:
+            client = next(iter(ready.values()))
+            room = client.ready_count - client.in_flight_count
+            msgs = self._take_many(min(room, DELIVERY_BATCH))
+            if not msgs:
                 return
-            if not ready or self.paused:
-                # reading the disk queue can yield (fsync): the consumers may be gone by now
-                self.memory.appendleft(msg)
-                return
-            self._deliver(next(iter(ready.values())), msg)
+            # reading the disk queue can yield (fsync): things may have changed meanwhile
+            if self.paused or client.id not in ready:
+                self.memory.extendleft(reversed(msgs))
+                continue
+            room = client.ready_count - client.in_flight_count  # >= 1 while it is ready
+            if room < len(msgs):
+                self.memory.extendleft(reversed(msgs[room:]))
+                del msgs[room:]
+            self._deliver(client, msgs)
 
     def update_ready(self, client: Consumer) -> None:
         """Re-evaluate one consumer's readiness after RDY, FIN, REQ or a timeout."""
@@ -284,14 +332,47 @@ class Channel:
             raise ChannelError("client does not own message")
         return msg
 
-    def finish(self, client: Consumer, msg_id: bytes) -> Message:
-        msg = self._owned(client, msg_id)
-        self.in_flight.remove(msg_id)
+    def finish(self, client: Consumer, msg_id: bytes) -> None:
+        failed = self.finish_many(client, [msg_id])
+        if failed:
+            raise ChannelError(failed[0][1])
+
+    def finish_many(self, client: Consumer, msg_ids: list[bytes]) -> list[tuple[bytes, str]]:
+        """FIN a run of ids from one consumer, with one release (and pump) for the lot; the
+        ids that could not be finished come back with nsqd's reason, in order."""
+        msgs = self.in_flight.remove_many(msg_ids)
+        failed: list[tuple[bytes, str]] = []
+        if not all([msg is not None and msg.client is client for msg in msgs]):
+            msgs = self._sort_out_failed(client, msg_ids, msgs, failed)
         if self.e2e is not None:
-            self.e2e.insert(msg.timestamp)
-        self._forget(msg)
-        self._release(client)
-        return msg
+            for msg in msgs:
+                self.e2e.insert(msg.timestamp)
+        if self.durable:
+            for msg in msgs:
+                self._forget(msg)
+        if msgs:
+            self._release(client, len(msgs))
+        return failed
+
+    def _sort_out_failed(
+        self,
+        client: Consumer,
+        msg_ids: list[bytes],
+        msgs: list[Message | None],
+        failed: list[tuple[bytes, str]],
+    ) -> list[Message]:
+        """The owned messages of a FIN run; the others' reasons go to `failed`, and another
+        consumer's message goes back in flight untouched."""
+        owned = []
+        for msg_id, msg in zip(msg_ids, msgs, strict=True):
+            if msg is None:
+                failed.append((msg_id, "ID not in flight"))
+            elif msg.client is not client:
+                self.in_flight.push(msg, msg.deadline)
+                failed.append((msg_id, "client does not own message"))
+            else:
+                owned.append(msg)
+        return owned
 
     def requeue(self, client: Consumer, msg_id: bytes, delay: float) -> None:
         msg = self._owned(client, msg_id)
@@ -313,8 +394,8 @@ class Channel:
         deadline = min(now + client.msg_timeout, msg.delivered_at + self._opts.max_msg_timeout)
         self.in_flight.push(msg, deadline)
 
-    def _release(self, client: Consumer) -> None:
-        client.in_flight_count -= 1
+    def _release(self, client: Consumer, count: int = 1) -> None:
+        client.in_flight_count -= count
         if client.id in self.clients and client.id not in self._ready and client.is_ready():
             self._ready[client.id] = client
             self._pump()
@@ -407,7 +488,7 @@ class Channel:
         now, now_ns = time.monotonic(), time.time_ns()
         entries = [(now_ns + int((m.deadline - now) * 1e9), m.encode()) for m in deferred]
         if queued:
-            self.backend.put_many([msg.encode() for msg in queued])
+            self.backend.put_many(encode_many(queued))
         self.backend.close()
         if self._deferred_file is not None:
             metadata.save_deferred(self._deferred_file, entries)

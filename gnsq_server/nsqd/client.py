@@ -3,7 +3,11 @@
 Every frame for a client, whoever produces it (its own command loop, a publisher handing it a
 message, the sweeper), is appended to one output list; a single writer greenlet per client
 sends whatever has piled up in one `sendall` and sends the heartbeats. Publishers therefore
-never block on a slow consumer's socket, and frames stay in order.
+never block on a slow consumer's socket, and frames stay in order. The command loop saves
+the writer a wake-up per command: replies are queued without waking it, and before the loop
+reads the socket again it writes whatever is queued itself (one write for a pipelined run of
+commands; blocking, as nsqd's writes do) unless the writer is busy. Heartbeats come from one
+repeating timer per client rather than a timeout on every wait of the writer.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from gevent.event import AsyncResult, Event
 
 from ..serving import format_address
 from ..wire import HEARTBEAT_FRAME
-from .message import Message
+from .message import Message, encode_frames
+from .transport import plain_writer
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,8 @@ STATE_CLOSING = 4
 #: nsqd's internal client timeout; the default heartbeat interval is half of it
 CLIENT_TIMEOUT = 60.0
 DEFAULT_OUTPUT_BUFFER_SIZE = 16 * 1024
+#: a command loop that finds more to read every time lets other greenlets run this often
+YIELD_INTERVAL = 0.001
 #: frames queued for a client that is not reading them before its command loop stops reading
 #: more commands (nsqd's writes block the loop the same way); RDY bounds message frames anyway
 OUTPUT_BACKLOG_LIMIT = 4096
@@ -70,13 +77,17 @@ class Client:
         self.channel = None
         self.identified = False
         self._out: list[bytes] = []
-        self._write = sock.sendall  # replaced by TLS / compression upgrades
+        self._write = plain_writer(sock)  # replaced by TLS / compression upgrades
         self._upgrade_step: tuple | None = None
         self._wake = Event()
         self._wake_pending = False  # set() already called since the writer last looked
         self._drained = Event()  # the writer finished a write: a backlogged loop may go on
         self._closing = False
-        self._next_heartbeat = time.monotonic() + self.heartbeat_interval
+        self._writing = False  # a write is under way (by the writer or by before_read())
+        self._heartbeat_due = False
+        self._heartbeat_timer = None
+        #: when the command loop should next let other greenlets run (see take_turn)
+        self.yield_at = 0.0
         self._writer = gevent.spawn(self._write_loop)
         self._apply_timeouts()
 
@@ -101,7 +112,6 @@ class Client:
     def set_heartbeat_interval(self, seconds: float) -> None:
         """0 disables heartbeats and the read/write deadlines that go with them."""
         self.heartbeat_interval = seconds
-        self._next_heartbeat = time.monotonic() + seconds
         self._apply_timeouts()
         self._wake.set()
 
@@ -110,6 +120,20 @@ class Client:
         # loop keeps the two-interval read deadline itself (transport.ConnectionSource).
         interval = self.heartbeat_interval
         self.sock.settimeout(interval if interval > 0 else None)
+        self._stop_heartbeats()
+        if interval > 0:
+            self._heartbeat_timer = gevent.get_hub().loop.timer(interval, interval)
+            self._heartbeat_timer.start(self._heartbeat_tick)
+
+    def _heartbeat_tick(self) -> None:
+        self._heartbeat_due = True
+        self._wake.set()
+
+    def _stop_heartbeats(self) -> None:
+        timer, self._heartbeat_timer = self._heartbeat_timer, None
+        if timer is not None:
+            timer.stop()
+            timer.close()
 
     # -- output -------------------------------------------------------------------------
 
@@ -119,9 +143,45 @@ class Client:
             self._wake_pending = True
             self._wake.set()
 
-    def send_message(self, msg: Message) -> None:
-        self.message_count += 1
-        self._out.append(msg.frame())
+    def respond(self, data: bytes) -> None:
+        """A command's reply, from the command loop: before_read() writes it."""
+        self._out.append(data)
+
+    def before_read(self) -> None:
+        """The command loop is about to read the socket: write what its commands queued."""
+        out = self._out
+        if not out:
+            return
+        if self._writing or self._upgrade_step is not None or self._closing:
+            self._wake.set()
+            return
+        try:
+            self._write_out()
+        finally:
+            if out or self._heartbeat_due or self._closing:
+                self._wake.set()  # what arrived meanwhile was left to the writer
+
+    def _write_out(self) -> None:
+        """Send everything queued in one write; nobody else writes meanwhile."""
+        data = b"".join(self._out)
+        self._out.clear()
+        self._writing = True
+        try:
+            self._write(data)
+        finally:
+            self._writing = False
+        self._drained.set()
+
+    def take_turn(self, now: float) -> None:
+        """Called by a command loop that has run for YIELD_INTERVAL without waiting for data:
+        send its replies and let the other greenlets (everyone's deliveries) run."""
+        self.yield_at = now + YIELD_INTERVAL
+        self.before_read()
+        gevent.sleep(0)
+
+    def send_messages(self, msgs: list[Message]) -> None:
+        self.message_count += len(msgs)
+        self._out.append(encode_frames(msgs))
         if not self._wake_pending:
             self._wake_pending = True
             self._wake.set()
@@ -132,6 +192,7 @@ class Client:
     def wait_for_writer(self) -> None:
         """Block the command loop while the client leaves a backlog of frames unread."""
         while len(self._out) > OUTPUT_BACKLOG_LIMIT and not self._closing:
+            self._wake.set()  # replies are queued without waking the writer
             self._drained.clear()
             self._drained.wait()
 
@@ -177,14 +238,12 @@ class Client:
         out, wake = self._out, self._wake
         try:
             while True:
-                if not out and not self._closing:
-                    interval = self.heartbeat_interval
-                    if interval > 0:
-                        wake.wait(max(0.0, self._next_heartbeat - time.monotonic()))
-                    else:
-                        wake.wait()
+                if self._writing or not (out or self._heartbeat_due or self._closing):
+                    wake.wait()
                 wake.clear()
                 self._wake_pending = False
+                if self._writing:
+                    continue  # the command loop is writing; it wakes us when it is done
                 if self._upgrade_step is not None:
                     if out:
                         data = b"".join(out)
@@ -192,23 +251,18 @@ class Client:
                         self._write(data)
                     self._run_upgrade_step()
                     continue
-                interval = self.heartbeat_interval
-                now = time.monotonic()
-                if interval > 0 and now >= self._next_heartbeat:
+                if self._heartbeat_due:
+                    self._heartbeat_due = False
                     out.append(HEARTBEAT_FRAME)
-                    following = self._next_heartbeat + interval
-                    self._next_heartbeat = following if following > now else now + interval
                 if out:
-                    data = b"".join(out)
-                    out.clear()
-                    self._write(data)
-                    self._drained.set()
+                    self._write_out()
                 elif self._closing:
                     break
         except OSError as err:
             log.info("CLIENT(%s): write failed - %s", self.remote_address, err)
         finally:
             self._closing = True
+            self._stop_heartbeats()
             self._drained.set()
             if self._upgrade_step is not None:
                 self._upgrade_step[1].set_exception(OSError("connection closed"))
@@ -220,6 +274,7 @@ class Client:
     def release(self) -> None:
         """Final cleanup once the command loop has ended."""
         self._closing = True
+        self._stop_heartbeats()
         self._wake.set()
         if gevent.getcurrent() is not self._writer:
             self._writer.join(1.0)

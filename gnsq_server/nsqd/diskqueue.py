@@ -130,17 +130,24 @@ class DiskQueue:
         On OSError the records not yet written are dropped from the queue; records before a
         file roll inside the batch stay (nsqd's MPUB to disk is not atomic either).
         """
-        lo, hi = self._min_msg_size, self._max_msg_size
-        for data in items:
-            if not lo <= len(data) <= hi:
-                raise ValueError(
-                    f"invalid message write size ({len(data)}) maxMsgSize={self._max_msg_size}"
-                )
+        sizes = list(map(len, items))
+        if sizes and not (self._min_msg_size <= min(sizes) and max(sizes) <= self._max_msg_size):
+            bad = next(n for n in sizes if not self._min_msg_size <= n <= self._max_msg_size)
+            raise ValueError(f"invalid message write size ({bad}) maxMsgSize={self._max_msg_size}")
         with self._lock:
             self._check_open()
             buf = self._wbuf
             mark, mark_pos, mark_depth = len(buf), self._write_pos, self._depth
             try:
+                batch = 4 * len(sizes) + sum(sizes)
+                if self._wfd is not None and self._write_pos + batch <= self._max_bytes_per_file:
+                    # the whole batch fits the open segment: no roll to check record by record
+                    pack = _LENGTH.pack
+                    records = zip(sizes, items, strict=True)
+                    buf += b"".join([pack(size) + data for size, data in records])
+                    self._write_pos += batch
+                    self._depth += len(sizes)
+                    items = ()
                 for data in items:
                     total = 4 + len(data)
                     if self._write_pos > 0 and self._write_pos + total > self._max_bytes_per_file:
@@ -152,7 +159,7 @@ class DiskQueue:
                     buf += data
                     self._write_pos += total
                     self._depth += 1
-                self._count += len(items)
+                self._count += len(sizes)
                 if len(buf) >= WRITE_BUFFER_SIZE or self._count >= self._sync_every:
                     self._flush()
             except OSError:

@@ -49,6 +49,32 @@ class DeadlineQueue:
             self._late[msg_id] = msg
             heapq.heappush(self._heap, (deadline, next(self._order), msg))
 
+    def push_many(self, msgs: list[Message], deadline: float) -> None:
+        """Add a delivery batch sharing one deadline: the common case (nothing late, the
+        deadline not before the FIFO's last, the ids new) costs one dict store per message."""
+        fifo = self._fifo
+        if self._late or (fifo and deadline < self._fifo_last):
+            for msg in msgs:
+                self.push(msg, deadline)
+            return
+        expected = len(fifo) + len(msgs)
+        for msg in msgs:
+            msg.deadline = deadline
+            fifo[msg.id] = msg
+        self._fifo_last = deadline
+        if len(fifo) != expected:  # some were queued already and kept their old place
+            for msg in msgs:
+                fifo.move_to_end(msg.id)
+
+    def remove_many(self, msg_ids: list[bytes]) -> list[Message | None]:
+        """Remove a run of ids (a FIN run); None for each one not queued."""
+        pop = self._fifo.pop
+        msgs = [pop(msg_id, None) for msg_id in msg_ids]
+        if self._late:
+            remove = self.remove
+            msgs = [m if m is not None else remove(i) for i, m in zip(msg_ids, msgs, strict=True)]
+        return msgs
+
     def remove(self, msg_id: bytes) -> Message | None:
         msg = self._fifo.pop(msg_id, None)
         if msg is not None:

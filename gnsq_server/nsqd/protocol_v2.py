@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from io import BufferedReader
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 CLOSE_WAIT = b"CLOSE_WAIT"
 MSG_ID_LENGTH = 16
+#: FIN lines exactly as nsqd would split them into a verb and a 16-byte id
+_FIN_RUN = re.compile(rb"(?:FIN [^ \r\n]{16}\n)+")
 _FIN_LINE_LENGTH = len(b"FIN 0123456789abcdef\n")
 
 # IDENTIFY fields and the JSON types Go's decoder accepts for them.
@@ -102,6 +105,7 @@ class ProtocolV2:
         self.opts = nsqd.opts
         self.client = client
         self.reader = reader
+        reader.raw.before_read = client.before_read
         self._tls_context = getattr(nsqd, "tls_context", None)
         # per-connection AUTH state; None when no --auth-http-address is set
         self._auth = ClientAuth(self.opts, client) if self.opts.auth_http_addresses else None
@@ -128,15 +132,19 @@ class ProtocolV2:
         while True:
             if client.backlogged():
                 client.wait_for_writer()  # like nsqd's blocking writes: no reading meanwhile
+            now = monotonic()
+            if now >= client.yield_at:
+                client.take_turn(now)
             # nsqd's read deadline: two heartbeat intervals for the whole command, body included
             interval = client.heartbeat_interval
-            source.deadline = monotonic() + 2 * interval if interval > 0 else None
+            source.deadline = now + 2 * interval if interval > 0 else None
             line = readline(MAX_LINE_LENGTH)
             if not line.endswith(b"\n"):
                 return  # EOF, or a full 16 KiB read buffer without a newline: close silently
-            if len(line) == _FIN_LINE_LENGTH and line.startswith(b"FIN ") and not tls_gate:
-                # The commonest command, one per message consumed: skip the generic parse.
-                handler, params = self.fin, [b"FIN", line[4:20]]
+            if len(line) == _FIN_LINE_LENGTH and not tls_gate and _FIN_RUN.fullmatch(line):
+                # The commonest command, one per message consumed: take every FIN already
+                # buffered behind this one and finish them together.
+                handler, params = self.fin_run, [b"FIN", line[4:20]]
             else:
                 params = split_command(line)
                 handler = handlers.get(params[0])
@@ -164,7 +172,7 @@ class ProtocolV2:
                     return
                 continue
             if response is not None:
-                client.send(response)
+                client.respond(response)
 
     # -- reading bodies -----------------------------------------------------------------
 
@@ -422,6 +430,25 @@ class ProtocolV2:
         client.finish_count += 1
         return None
 
+    def fin_run(self, params: list[bytes]) -> None:
+        """FIN params[1] and the run of well-formed FIN lines buffered right behind it."""
+        client = self.client
+        self._require_state("FIN", STATE_SUBSCRIBED, STATE_CLOSING)
+        ids = [params[1]]
+        buffered = transport.peek_buffered(self.reader)
+        run = _FIN_RUN.match(buffered)
+        if run is not None:
+            end = run.end()
+            ids += [buffered[at + 4 : at + 20] for at in range(0, end, _FIN_LINE_LENGTH)]
+            self.reader.read(end)
+        failed = client.channel.finish_many(client, ids)
+        client.finish_count += len(ids) - len(failed)
+        for msg_id, reason in failed:
+            err = ClientError("E_FIN_FAILED", f"FIN {decode_name(msg_id)} failed {reason}")
+            log.debug("[%s] %s", client.remote_address, err)
+            client.send(error_frame(err))
+        return None
+
     def req(self, params: list[bytes]) -> None:
         client = self.client
         self._require_state("REQ", STATE_SUBSCRIBED, STATE_CLOSING)
@@ -535,12 +562,17 @@ class ProtocolV2:
         """Cut whole, valid records out of what the reader already holds, without a read call
         per record; anything doubtful is left to _read_mpub_record and its exact errors."""
         limit, offset, end = self.opts.max_msg_size, 0, len(buffered)
-        while len(bodies) < count and offset + 4 <= end:
-            size = unpack_int32(buffered, offset)[0]
-            if not 0 < size <= limit or offset + 4 + size > end:
+        append = bodies.append
+        for _ in range(count - len(bodies)):
+            start = offset + 4
+            if start > end:
                 break
-            bodies.append(buffered[offset + 4 : offset + 4 + size])
-            offset += 4 + size
+            (size,) = unpack_int32(buffered, offset)
+            stop = start + size
+            if size <= 0 or size > limit or stop > end:
+                break
+            append(buffered[start:stop])
+            offset = stop
         if offset:
             self.reader.read(offset)
         return offset > 0

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import gevent
 
 from .channel import Channel, QueueFull
-from .message import IdFactory, Message
+from .message import IdFactory, Message, encode_many
 
 if TYPE_CHECKING:
     from .nsqd import NSQD
@@ -120,7 +120,7 @@ class Topic:
             raise PublishError(str(err)) from err
         self.nsqd.set_healthy()
         self.message_count += len(msgs)
-        self.message_bytes += sum(len(body) for body in bodies)
+        self.message_bytes += sum(map(len, bodies))
         if holding:
             self._start_draining()
         return msgs
@@ -149,7 +149,7 @@ class Topic:
             self.memory.extend(msgs[:room])
             msgs = msgs[room:]
         if msgs and self.backend is not None:
-            self.backend.put_many([msg.encode() for msg in msgs])
+            self.backend.put_many(encode_many(msgs))
 
     def _append(self, msgs: list[Message]) -> None:
         """Crash-safe mode: one write to the topic log, fsynced (shared with concurrent
@@ -276,6 +276,6 @@ class Topic:
         if self.backend is None or self.ephemeral:
             return
         if self.memory:
-            self.backend.put_many([msg.encode() for msg in self.memory])
+            self.backend.put_many(encode_many(self.memory))
         self.memory.clear()
         self.backend.close()

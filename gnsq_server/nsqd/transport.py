@@ -45,18 +45,22 @@ class ConnectionSource(io.RawIOBase):
     It also keeps nsqd's read deadline: the command loop sets ``deadline`` (a monotonic
     time) before each command, and every read of that command, body included, must finish by
     then. The socket's own timeout is the shorter write deadline, so a read that times out
-    before the command's deadline is simply retried.
+    before the command's deadline is simply retried. ``before_read`` runs before each read of
+    the socket, when the commands buffered so far have all been handled.
     """
 
     def __init__(self, recv_into: Callable[[memoryview], int]) -> None:
         super().__init__()
         self.recv_into = recv_into
         self.deadline: float | None = None
+        self.before_read: Callable[[], None] | None = None
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
+        if self.before_read is not None:
+            self.before_read()
         while True:
             deadline = self.deadline
             if deadline is not None and time.monotonic() >= deadline:
@@ -74,6 +78,16 @@ def _at_eof(buffer) -> int:
 
 def make_reader(sock, buffer_size: int) -> io.BufferedReader:
     return io.BufferedReader(ConnectionSource(sock.recv_into), buffer_size)
+
+
+def peek_buffered(reader: io.BufferedReader) -> bytes:
+    """The bytes the reader holds already, without touching the socket (b"" when none)."""
+    source = reader.raw
+    recv_into, source.recv_into = source.recv_into, _at_eof
+    try:
+        return reader.peek(1)
+    finally:
+        source.recv_into = recv_into
 
 
 def take_buffered(reader: io.BufferedReader) -> bytes:
@@ -114,6 +128,23 @@ class DecodingStream:
                 return 0
             decoder.feed(chunk)
             gevent.sleep(0)  # decoding is CPU work: let other connections in between reads
+
+
+def plain_writer(sock) -> Callable[[bytes], None]:
+    """sendall for a plain gevent socket that first tries one non-blocking send: a small
+    reply usually fits the socket buffer at once, and gevent's sendall costs a getsockopt
+    call and a clock reading or two per buffer even then."""
+    send, sendall = sock.send, sock.sendall
+
+    def write(data: bytes) -> None:
+        try:
+            sent = send(data, 0, 0.0)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            sendall(memoryview(data)[sent:])
+
+    return write
 
 
 def compressed_writer(encoder: Encoder, sendall: Callable[[bytes], None]):
@@ -185,7 +216,7 @@ def _upgrade_compression(
     sock = client.sock
 
     def start() -> None:
-        client.set_write(compressed_writer(encoder, sock.sendall))
+        client.set_write(compressed_writer(encoder, plain_writer(sock)))
 
     client.upgrade(start)
     # Bytes already read past IDENTIFY belong to the compressed stream: decode them first.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 import time
 
-from gnsq_server.nsqd.message import IdFactory, Message
+from gnsq_server.nsqd.message import IdFactory, Message, encode_frames
 
 TWEPOCH = 1288834974288
 
@@ -16,7 +16,7 @@ def test_encoding_is_nsqd_disk_and_wire_layout():
     assert (
         encoded == struct.pack(">qH", 1_700_000_000_123_456_789, 3) + b"0123456789abcdef" + b"hello"
     )
-    assert msg.frame() == struct.pack(">ii", len(encoded) + 4, 2) + encoded
+    assert encode_frames([msg]) == struct.pack(">ii", len(encoded) + 4, 2) + encoded
     again = Message.decode(encoded)
     assert (again.id, again.body, again.timestamp, again.attempts) == (
         msg.id,
@@ -24,6 +24,15 @@ def test_encoding_is_nsqd_disk_and_wire_layout():
         msg.timestamp,
         3,
     )
+
+
+def test_a_delivery_batch_is_its_frames_back_to_back():
+    msgs = [Message(b"%016x" % i, b"body-%d" % i * i, 1_000 + i, attempts=i) for i in range(1, 4)]
+    expected = b"".join(
+        struct.pack(">ii", len(m.encode()) + 4, 2) + m.encode() for m in msgs
+    )
+    assert encode_frames(msgs) == expected
+    assert encode_frames([]) == b""
 
 
 def test_attempts_wrap_like_uint16_on_the_wire():
