@@ -222,7 +222,8 @@ class FastRequest:
 class Connection:
     """One client connection, served request after request until it closes."""
 
-    __slots__ = ("server", "sock", "parser", "remote_addr", "remote_port", "deadline", "_writes")
+    __slots__ = ("server", "sock", "parser", "remote_addr", "remote_port", "deadline", "_writes",
+                 "_pending", "_answered", "_recv_later")
 
     def __init__(self, server: HTTPServer, sock: Any, address: Any) -> None:
         self.server = server
@@ -233,6 +234,11 @@ class Connection:
         #: when the read or write in progress times out (monotonic); 0 when none is
         self.deadline = 0.0
         self._writes = 0
+        #: answers held back while more pipelined requests are buffered (see answer())
+        self._pending: list[bytes] = []
+        #: whether we wrote last, so the peer is most likely waiting for us, not sending
+        self._answered = False
+        self._recv_later = getattr(sock, "recv_when_readable", None)
 
     def serve(self) -> None:
         connections = self.server.connections
@@ -244,15 +250,41 @@ class Connection:
             pass
         finally:
             connections.discard(self)
+            if self._pending:
+                try:
+                    self.sendall(b"")
+                except OSError:
+                    pass
             self.sock.close()
 
     def recv(self, timeout: float) -> bytes:
+        if self._pending:
+            self.sendall(b"")
         self.deadline = time.monotonic() + timeout
-        data = self.sock.recv(READ_SIZE)
+        if self._answered and self._recv_later is not None:
+            data = self._recv_later(READ_SIZE)
+        else:
+            data = self.sock.recv(READ_SIZE)
+        self._answered = False
         self.deadline = 0.0
         return data
 
+    def answer(self, data: bytes) -> None:
+        """Write a whole answer, or hold it back while the next pipelined request is already
+        parsed: a batch of pipelined requests is then answered with one send. Whatever is
+        held goes out before the next write, read, half-close or close."""
+        if self.parser.events:
+            self._pending.append(data)
+        else:
+            self.sendall(data)
+
     def sendall(self, data: bytes) -> None:
+        if self._pending:
+            self._pending.append(data)
+            data = b"".join(self._pending)
+            self._pending = []
+            if not data:
+                return
         if self._writes == 1:
             # Without TCP_NODELAY a write sent while the last is unacknowledged waits for the
             # client's delayed ACK (~40 ms). A connection's first write never does, so a
@@ -268,6 +300,7 @@ class Connection:
         if sent < len(data):
             self.sock.sendall(data[sent:])
         self.deadline = 0.0
+        self._answered = True
 
     def _next_head(self) -> RequestHead | None:
         """The next request's head; None when the connection is done (EOF, or refused)."""
@@ -359,6 +392,8 @@ class Connection:
         reset that destroys the answer on its way."""
         sock = self.sock
         try:
+            if self._pending:
+                self.sendall(b"")
             sock.shutdown(SHUT_WR)
             with gevent.Timeout(LINGER_SECONDS, False):
                 while sock.recv(READ_SIZE):
@@ -526,18 +561,13 @@ class _Response:
         request = self.request
         keep = self.keep_alive = self.keep_alive and keep_alive
         self.status = status
-        lines = [f"HTTP/1.1 {status}\r\n"]
-        for name, value in headers:
-            lines.append(f"{name}: {value}\r\n")
-        lines.append(f"Content-Length: {len(body)}\r\nDate: {_http_date()}\r\n")
-        lines.append(_CONNECTION_LINES[keep, request.version])
-        head = "".join(lines).encode("latin-1")
+        head = _HEADS.get(status, headers, len(body), keep, request.version)
         self.head_sent = True
         if body and request.method != "HEAD":
-            self.conn.sendall(head + body)
+            self.conn.answer(head + body)
             self.length = len(body)
         else:
-            self.conn.sendall(head)
+            self.conn.answer(head)
         self._log()
         return keep
 
@@ -579,17 +609,18 @@ class _Response:
                 self.chunked = True
             else:
                 self.keep_alive = False  # an HTTP/1.0 body without a length ends at the close
-        lines.append(f"Date: {_http_date()}\r\n")
+        lines.append(f"Date: {_HEADS.date()}\r\n")
         lines.append(_CONNECTION_LINES[self.keep_alive, request.version])
         head = "".join(lines).encode("latin-1")
         self.head_sent = True
+        write = self.conn.sendall if total is None else self.conn.answer  # whole, or a start
         if bodiless or not first:
-            self.conn.sendall(head)
+            write(head)
         elif self.chunked:
-            self.conn.sendall(b"%s%x\r\n%s\r\n" % (head, len(first), first))
+            write(b"%s%x\r\n%s\r\n" % (head, len(first), first))
             self.length += len(first)
         else:
-            self.conn.sendall(head + first)
+            write(head + first)
             self.length += len(first)
         if total is not None:
             self._log()
@@ -619,12 +650,41 @@ class _Response:
             )
 
 
-_date = [0, ""]
+class _HeadCache:
+    """Response heads of whole answers, built once a second: the Date header changes each
+    second, and a busy /pub answers the same few heads thousands of times in between."""
+
+    MAX_ENTRIES = 64
+
+    def __init__(self) -> None:
+        self.second = 0
+        self.text = ""
+        self.heads: dict[tuple, bytes] = {}
+
+    def date(self) -> str:
+        """The Date header's value, formatted once a second."""
+        now = int(time.time())
+        if now != self.second:
+            self.second, self.text = now, formatdate(now, usegmt=True)
+            self.heads = {}
+        return self.text
+
+    def get(self, status: str, headers: list[tuple[str, str]], length: int, keep: bool,
+            version: str) -> bytes:
+        """The head of a whole answer; ``headers`` hold no framing (see _Response.send)."""
+        date = self.date()
+        key = (status, *headers, length, keep, version)
+        head = self.heads.get(key)
+        if head is None:
+            lines = [f"HTTP/1.1 {status}\r\n"]
+            lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+            lines.append(f"Content-Length: {length}\r\nDate: {date}\r\n")
+            lines.append(_CONNECTION_LINES[keep, version])
+            head = "".join(lines).encode("latin-1")
+            if len(self.heads) >= self.MAX_ENTRIES:
+                self.heads = {}
+            self.heads[key] = head
+        return head
 
 
-def _http_date() -> str:
-    """The Date header, formatted once a second."""
-    now = int(time.time())
-    if now != _date[0]:
-        _date[0], _date[1] = now, formatdate(now, usegmt=True)
-    return _date[1]
+_HEADS = _HeadCache()
