@@ -25,6 +25,8 @@ MAX_HEAD_BYTES = (1 << 20) + 4096
 
 #: The end of one request's body (the event after its last chunk).
 END = b""
+#: method names as bytes -> str, to spare a decode per request
+_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 
 
 class RequestError(Exception):
@@ -129,9 +131,11 @@ class RequestParser:
             if version.startswith("0."):
                 raise bad_request("malformed HTTP request")
             raise RequestError(505, "HTTP Version Not Supported", "unsupported protocol version")
+        method = parser.get_method()
+        url = self._url
         head = RequestHead(
-            parser.get_method().decode("latin-1"),
-            b"".join(self._url),
+            _METHODS.get(method) or method.decode("latin-1"),
+            url[0] if len(url) == 1 else b"".join(url),
             version,
             self._headers,
             keep_alive=parser.should_keep_alive(),
