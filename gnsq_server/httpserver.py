@@ -22,7 +22,6 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from email.utils import formatdate
 from socket import IPPROTO_TCP, SHUT_RDWR, SHUT_WR, TCP_NODELAY
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -32,6 +31,7 @@ import httptools
 from gevent.server import StreamServer
 
 from gnsq_server import logs
+from gnsq_server.httpheads import CONNECTION_LINES, HEADS
 from gnsq_server.httpparse import (
     END,
     MAX_HEAD_BYTES,
@@ -60,13 +60,6 @@ IDLE_TIMEOUT = 300.0
 READ_TIMEOUT = 60.0
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-#: The end of a response head: (keep the connection, request version) -> Connection line
-_CONNECTION_LINES = {
-    (True, "1.1"): "\r\n",
-    (True, "1.0"): "Connection: keep-alive\r\n\r\n",
-    (False, "1.1"): "Connection: close\r\n\r\n",
-    (False, "1.0"): "Connection: close\r\n\r\n",
-}
 _NO_BODY_STATUS = ("1", "204", "304")
 
 
@@ -278,6 +271,12 @@ class Connection:
         else:
             self.sendall(data)
 
+    def answer_whole(self, request: RequestHead, keep: bool, status: str,
+                     headers: list[tuple[str, str]], body: bytes) -> None:
+        """A whole answer (see _Response.send), its head framed by Content-Length."""
+        head = HEADS.get(status, headers, len(body), keep, request.version)
+        self.answer(head + body if body and request.method != "HEAD" else head)
+
     def sendall(self, data: bytes) -> None:
         if self._pending:
             self._pending.append(data)
@@ -329,11 +328,19 @@ class Connection:
         if head is None:
             return False
         body = RequestBody(self, head)
-        path, query = _split_target(head.target)
+        target = head.target
+        if target[:1] == b"/":  # origin-form, as nearly every request is
+            path, _, query = target.partition(b"?")
+        else:
+            path, query = _split_target(target)
         handler = self.server.fast_lane.get((head.method, path))
         if handler is not None:
             status, headers, payload = handler(FastRequest(head, path, query, body, self))
-            keep = _Response(self, head, body).send(status, headers, payload)
+            if access_log.isEnabledFor(logging.DEBUG):
+                keep = _Response(self, head, body).send(status, headers, payload)  # logs it
+            else:
+                keep = head.keep_alive and (body.done or body.drainable(head))
+                self.answer_whole(head, keep, status, headers, payload)
         else:
             keep = self._run_wsgi(head, body, path, query)
         if not body.done and not body.drain(head, MAX_POST_HANDLER_READ):
@@ -561,13 +568,10 @@ class _Response:
         request = self.request
         keep = self.keep_alive = self.keep_alive and keep_alive
         self.status = status
-        head = _HEADS.get(status, headers, len(body), keep, request.version)
         self.head_sent = True
+        self.conn.answer_whole(request, keep, status, headers, body)
         if body and request.method != "HEAD":
-            self.conn.answer(head + body)
             self.length = len(body)
-        else:
-            self.conn.answer(head)
         self._log()
         return keep
 
@@ -609,8 +613,8 @@ class _Response:
                 self.chunked = True
             else:
                 self.keep_alive = False  # an HTTP/1.0 body without a length ends at the close
-        lines.append(f"Date: {_HEADS.date()}\r\n")
-        lines.append(_CONNECTION_LINES[self.keep_alive, request.version])
+        lines.append(f"Date: {HEADS.date()}\r\n")
+        lines.append(CONNECTION_LINES[self.keep_alive, request.version])
         head = "".join(lines).encode("latin-1")
         self.head_sent = True
         write = self.conn.sendall if total is None else self.conn.answer  # whole, or a start
@@ -648,43 +652,3 @@ class _Response:
                 self.length,
                 time.perf_counter() - self.started,
             )
-
-
-class _HeadCache:
-    """Response heads of whole answers, built once a second: the Date header changes each
-    second, and a busy /pub answers the same few heads thousands of times in between."""
-
-    MAX_ENTRIES = 64
-
-    def __init__(self) -> None:
-        self.second = 0
-        self.text = ""
-        self.heads: dict[tuple, bytes] = {}
-
-    def date(self) -> str:
-        """The Date header's value, formatted once a second."""
-        now = int(time.time())
-        if now != self.second:
-            self.second, self.text = now, formatdate(now, usegmt=True)
-            self.heads = {}
-        return self.text
-
-    def get(self, status: str, headers: list[tuple[str, str]], length: int, keep: bool,
-            version: str) -> bytes:
-        """The head of a whole answer; ``headers`` hold no framing (see _Response.send)."""
-        date = self.date()
-        key = (status, *headers, length, keep, version)
-        head = self.heads.get(key)
-        if head is None:
-            lines = [f"HTTP/1.1 {status}\r\n"]
-            lines.extend(f"{name}: {value}\r\n" for name, value in headers)
-            lines.append(f"Content-Length: {length}\r\nDate: {date}\r\n")
-            lines.append(_CONNECTION_LINES[keep, version])
-            head = "".join(lines).encode("latin-1")
-            if len(self.heads) >= self.MAX_ENTRIES:
-                self.heads = {}
-            self.heads[key] = head
-        return head
-
-
-_HEADS = _HeadCache()

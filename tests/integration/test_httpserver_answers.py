@@ -11,7 +11,8 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from gnsq_server.httpserver import HTTPServer, _HeadCache
+from gnsq_server.httpheads import HeadCache
+from gnsq_server.httpserver import HTTPServer
 from gnsq_server.serving import listen
 
 from ..servers import ThreadedServer
@@ -151,7 +152,7 @@ def test_date_header_follows_the_clock(server):
 
 
 def test_head_cache_frames_each_answer_by_its_own_facts():
-    cache = _HeadCache()
+    cache = HeadCache()
     head = cache.get("200 OK", [("X-A", "1")], 2, True, "1.1")
     assert head.startswith(b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nDate: ")
     assert head.endswith(b"GMT\r\n\r\n")
@@ -166,3 +167,29 @@ def test_head_cache_frames_each_answer_by_its_own_facts():
     for length in range(cache.MAX_ENTRIES * 2):
         cache.get("200 OK", [], length, True, "1.1")
     assert len(cache.heads) <= cache.MAX_ENTRIES
+
+
+def test_fast_answers_are_access_logged_when_asked_and_answered_alike(server, caplog):
+    import logging
+
+    from gnsq_server.logs import ACCESS_LOGGER
+
+    def exchange() -> bytes:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock.sendall(_fast(7).replace(b"Host: x", b"Host: x\r\nConnection: close"))
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        sock.close()
+        return data.split(b"\r\nDate: ")[0], data.split(b"GMT\r\n")[1]
+
+    quiet = exchange()
+    with caplog.at_level(logging.DEBUG, logger=ACCESS_LOGGER):
+        logged = exchange()
+        deadline = time.monotonic() + 5
+        while not any("POST /fast?n=7" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    assert logged == quiet
+    line = next(r.getMessage() for r in caplog.records if "/fast?n=7" in r.getMessage())
+    assert '"POST /fast?n=7 HTTP/1.1" 201 18 ' in line
