@@ -173,6 +173,8 @@ Parts = tuple[str, list[tuple[str, str]], bytes]
 
 def v1_parts(data: Any, status: int = 200) -> Parts:
     """A handler's return value as nsqd's ``http_api.RespondV1`` renders it."""
+    if data.__class__ is str and data == "OK" and status == 200:
+        return _V1_OK  # /pub and /mpub's answer, rendered once (parts are never changed)
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogateescape")
     if isinstance(data, bytes):
@@ -247,6 +249,9 @@ _STATUS_LINES = {
 def _parts(body: bytes, status: int, headers: list[tuple[str, str]]) -> Parts:
     """The server adds Content-Length (and Date, Connection) when it frames the body."""
     return _STATUS_LINES.get(status) or f"{status} status code", headers, body
+
+
+_V1_OK = v1_parts(b"OK")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from email.utils import formatdate
 from socket import IPPROTO_TCP, SHUT_RDWR, SHUT_WR, TCP_NODELAY
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -32,6 +31,7 @@ import httptools
 from gevent.server import StreamServer
 
 from gnsq_server import logs
+from gnsq_server.httpheads import CONNECTION_LINES, HEADS
 from gnsq_server.httpparse import (
     END,
     MAX_HEAD_BYTES,
@@ -60,13 +60,6 @@ IDLE_TIMEOUT = 300.0
 READ_TIMEOUT = 60.0
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-#: The end of a response head: (keep the connection, request version) -> Connection line
-_CONNECTION_LINES = {
-    (True, "1.1"): "\r\n",
-    (True, "1.0"): "Connection: keep-alive\r\n\r\n",
-    (False, "1.1"): "Connection: close\r\n\r\n",
-    (False, "1.0"): "Connection: close\r\n\r\n",
-}
 _NO_BODY_STATUS = ("1", "204", "304")
 
 
@@ -222,7 +215,8 @@ class FastRequest:
 class Connection:
     """One client connection, served request after request until it closes."""
 
-    __slots__ = ("server", "sock", "parser", "remote_addr", "remote_port", "deadline", "_writes")
+    __slots__ = ("server", "sock", "parser", "remote_addr", "remote_port", "deadline", "_writes",
+                 "_pending", "_answered", "_recv_later")
 
     def __init__(self, server: HTTPServer, sock: Any, address: Any) -> None:
         self.server = server
@@ -233,6 +227,11 @@ class Connection:
         #: when the read or write in progress times out (monotonic); 0 when none is
         self.deadline = 0.0
         self._writes = 0
+        #: answers held back while more pipelined requests are buffered (see answer())
+        self._pending: list[bytes] = []
+        #: whether we wrote last, so the peer is most likely waiting for us, not sending
+        self._answered = False
+        self._recv_later = getattr(sock, "recv_when_readable", None)
 
     def serve(self) -> None:
         connections = self.server.connections
@@ -244,15 +243,47 @@ class Connection:
             pass
         finally:
             connections.discard(self)
+            if self._pending:
+                try:
+                    self.sendall(b"")
+                except OSError:
+                    pass
             self.sock.close()
 
     def recv(self, timeout: float) -> bytes:
+        if self._pending:
+            self.sendall(b"")
         self.deadline = time.monotonic() + timeout
-        data = self.sock.recv(READ_SIZE)
+        if self._answered and self._recv_later is not None:
+            data = self._recv_later(READ_SIZE)
+        else:
+            data = self.sock.recv(READ_SIZE)
+        self._answered = False
         self.deadline = 0.0
         return data
 
+    def answer(self, data: bytes) -> None:
+        """Write a whole answer, or hold it back while the next pipelined request is already
+        parsed: a batch of pipelined requests is then answered with one send. Whatever is
+        held goes out before the next write, read, half-close or close."""
+        if self.parser.events:
+            self._pending.append(data)
+        else:
+            self.sendall(data)
+
+    def answer_whole(self, request: RequestHead, keep: bool, status: str,
+                     headers: list[tuple[str, str]], body: bytes) -> None:
+        """A whole answer (see _Response.send), its head framed by Content-Length."""
+        head = HEADS.get(status, headers, len(body), keep, request.version)
+        self.answer(head + body if body and request.method != "HEAD" else head)
+
     def sendall(self, data: bytes) -> None:
+        if self._pending:
+            self._pending.append(data)
+            data = b"".join(self._pending)
+            self._pending = []
+            if not data:
+                return
         if self._writes == 1:
             # Without TCP_NODELAY a write sent while the last is unacknowledged waits for the
             # client's delayed ACK (~40 ms). A connection's first write never does, so a
@@ -268,6 +299,7 @@ class Connection:
         if sent < len(data):
             self.sock.sendall(data[sent:])
         self.deadline = 0.0
+        self._answered = True
 
     def _next_head(self) -> RequestHead | None:
         """The next request's head; None when the connection is done (EOF, or refused)."""
@@ -296,11 +328,19 @@ class Connection:
         if head is None:
             return False
         body = RequestBody(self, head)
-        path, query = _split_target(head.target)
+        target = head.target
+        if target[:1] == b"/":  # origin-form, as nearly every request is
+            path, _, query = target.partition(b"?")
+        else:
+            path, query = _split_target(target)
         handler = self.server.fast_lane.get((head.method, path))
         if handler is not None:
             status, headers, payload = handler(FastRequest(head, path, query, body, self))
-            keep = _Response(self, head, body).send(status, headers, payload)
+            if access_log.isEnabledFor(logging.DEBUG):
+                keep = _Response(self, head, body).send(status, headers, payload)  # logs it
+            else:
+                keep = head.keep_alive and (body.done or body.drainable(head))
+                self.answer_whole(head, keep, status, headers, payload)
         else:
             keep = self._run_wsgi(head, body, path, query)
         if not body.done and not body.drain(head, MAX_POST_HANDLER_READ):
@@ -359,6 +399,8 @@ class Connection:
         reset that destroys the answer on its way."""
         sock = self.sock
         try:
+            if self._pending:
+                self.sendall(b"")
             sock.shutdown(SHUT_WR)
             with gevent.Timeout(LINGER_SECONDS, False):
                 while sock.recv(READ_SIZE):
@@ -526,18 +568,10 @@ class _Response:
         request = self.request
         keep = self.keep_alive = self.keep_alive and keep_alive
         self.status = status
-        lines = [f"HTTP/1.1 {status}\r\n"]
-        for name, value in headers:
-            lines.append(f"{name}: {value}\r\n")
-        lines.append(f"Content-Length: {len(body)}\r\nDate: {_http_date()}\r\n")
-        lines.append(_CONNECTION_LINES[keep, request.version])
-        head = "".join(lines).encode("latin-1")
         self.head_sent = True
+        self.conn.answer_whole(request, keep, status, headers, body)
         if body and request.method != "HEAD":
-            self.conn.sendall(head + body)
             self.length = len(body)
-        else:
-            self.conn.sendall(head)
         self._log()
         return keep
 
@@ -579,17 +613,18 @@ class _Response:
                 self.chunked = True
             else:
                 self.keep_alive = False  # an HTTP/1.0 body without a length ends at the close
-        lines.append(f"Date: {_http_date()}\r\n")
-        lines.append(_CONNECTION_LINES[self.keep_alive, request.version])
+        lines.append(f"Date: {HEADS.date()}\r\n")
+        lines.append(CONNECTION_LINES[self.keep_alive, request.version])
         head = "".join(lines).encode("latin-1")
         self.head_sent = True
+        write = self.conn.sendall if total is None else self.conn.answer  # whole, or a start
         if bodiless or not first:
-            self.conn.sendall(head)
+            write(head)
         elif self.chunked:
-            self.conn.sendall(b"%s%x\r\n%s\r\n" % (head, len(first), first))
+            write(b"%s%x\r\n%s\r\n" % (head, len(first), first))
             self.length += len(first)
         else:
-            self.conn.sendall(head + first)
+            write(head + first)
             self.length += len(first)
         if total is not None:
             self._log()
@@ -617,14 +652,3 @@ class _Response:
                 self.length,
                 time.perf_counter() - self.started,
             )
-
-
-_date = [0, ""]
-
-
-def _http_date() -> str:
-    """The Date header, formatted once a second."""
-    now = int(time.time())
-    if now != _date[0]:
-        _date[0], _date[1] = now, formatdate(now, usegmt=True)
-    return _date[1]

@@ -47,6 +47,12 @@ class RawSocket:
             except BlockingIOError:
                 self._hub.wait(self._read)
 
+    def recv_when_readable(self, size: int) -> bytes:
+        """recv() for when the peer has surely sent nothing yet (it awaits our answer): waiting
+        first spares the recv() that would fail with EAGAIN, and its exception."""
+        self._hub.wait(self._read)
+        return self.recv(size)
+
     def send(self, data: bytes | memoryview) -> int:
         while True:
             try:

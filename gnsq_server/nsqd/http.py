@@ -249,10 +249,36 @@ def _ns(seconds: float) -> int:
 
 def _topic_from_params(nsqd: Any, params: dict[str, list[str]]) -> Any:
     """nsqd's getTopicFromQuery: validate the topic name, then get (and so create) the topic."""
+    return nsqd.get_topic(_valid_topic_name(params))
+
+
+def _valid_topic_name(params: dict[str, list[str]]) -> str:
     name = required(params, "topic")
     if not is_valid_name(name):
         raise HTTPError(400, "INVALID_TOPIC")
-    return nsqd.get_topic(name)
+    return name
+
+
+#: query string -> (its parameters, its valid topic name), for queries that passed (see below)
+_PUBLISH_QUERIES: dict[str, tuple[dict[str, list[str]], str]] = {}
+_PUBLISH_QUERIES_MAX = 256
+_PUBLISH_QUERY_MAX_LEN = 256
+
+
+def _publish_query(raw: str) -> tuple[dict[str, list[str]], str]:
+    """The parameters of a /pub or /mpub query and its valid topic name (nsqd's errors when
+    not). A publisher sends the same short ``topic=name`` thousands of times a second: parsing
+    and validating it again was a tenth of /pub's work, so short queries that pass are kept
+    (read-only). Failures are never kept: they are judged and logged afresh each time."""
+    known = _PUBLISH_QUERIES.get(raw)
+    if known is None:
+        params = request_params(raw)
+        known = (params, _valid_topic_name(params))
+        if len(raw) <= _PUBLISH_QUERY_MAX_LEN:
+            if len(_PUBLISH_QUERIES) >= _PUBLISH_QUERIES_MAX:
+                _PUBLISH_QUERIES.clear()
+            _PUBLISH_QUERIES[raw] = known
+    return known
 
 
 def _existing_topic(nsqd: Any, name: str) -> Any:
@@ -348,8 +374,8 @@ def publish_message(nsqd: Any, req: PlainRequest) -> None:
         raise HTTPError(413, "MSG_TOO_BIG")
     if not body:
         raise HTTPError(400, "MSG_EMPTY")
-    params = request_params(req.query_string)
-    topic = _topic_from_params(nsqd, params)
+    params, topic_name = _publish_query(req.query_string)
+    topic = nsqd.get_topic(topic_name)
     defer_ms = 0
     if "defer" in params:
         defer_ms = _parse_defer(params["defer"][0], opts.max_req_timeout)
@@ -361,8 +387,8 @@ def publish_messages(nsqd: Any, req: PlainRequest) -> None:
     opts = nsqd.opts
     if (req.content_length or 0) > opts.max_body_size:
         raise HTTPError(413, "BODY_TOO_BIG")
-    params = request_params(req.query_string)
-    topic = _topic_from_params(nsqd, params)
+    params, topic_name = _publish_query(req.query_string)
+    topic = nsqd.get_topic(topic_name)
     binary = False
     if "binary" in params:
         # nsqd treats any unrecognised value as binary (deprecated spelling).

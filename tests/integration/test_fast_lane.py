@@ -220,3 +220,39 @@ def test_the_app_runs_under_another_wsgi_server(tmp_path):
         assert running.call(lambda: running.server.daemon.nsqd.find_topic("w").depth()) == 3
     finally:
         running.stop()
+
+
+@pytest.mark.parametrize("query", [*PUBLISH, *MPUBLISH])
+def test_a_repeated_publish_query_is_judged_alike_each_time(lanes, query):
+    """/pub and /mpub keep the queries that passed (nsqd.http._publish_query): asked again, any
+    query must get the same answer as the first time and as Flask's path."""
+    running, fast_port, plain_port, _ = lanes
+    for path in ("/pub", "/mpub"):
+        data = post(f"{path}?{query}", b"x")
+        answers = {exchange(fast_port, data) for _ in range(3)}
+        assert answers == {exchange(plain_port, data)}
+
+
+def test_a_kept_query_still_finds_a_deleted_topic_anew(lanes):
+    from gnsq_server.nsqd import http as nsqd_http
+
+    running, fast_port, _, _ = lanes
+    core = running.server.nsqd
+    assert exchange(fast_port, post("/pub?topic=gone", b"1")).endswith(b"OK")
+    assert "topic=gone" in nsqd_http._PUBLISH_QUERIES
+    running.call(lambda: core.delete_topic("gone"))
+    assert depth(running, "gone") == 0
+    assert exchange(fast_port, post("/pub?topic=gone", b"2")).endswith(b"OK")
+    assert depth(running, "gone") == 1
+
+
+def test_kept_queries_are_bounded_in_number_and_length(lanes):
+    from gnsq_server.nsqd import http as nsqd_http
+
+    _, fast_port, _, _ = lanes
+    long_query = "topic=long&" + "x=1&" * 100
+    assert exchange(fast_port, post(f"/pub?{long_query}", b"1")).endswith(b"OK")
+    assert long_query not in nsqd_http._PUBLISH_QUERIES
+    for n in range(nsqd_http._PUBLISH_QUERIES_MAX + 5):
+        nsqd_http._publish_query(f"topic=t{n}")
+    assert len(nsqd_http._PUBLISH_QUERIES) <= nsqd_http._PUBLISH_QUERIES_MAX

@@ -242,3 +242,13 @@ def test_query_params_invalid_is_400(app):
 )
 def test_go_json(value, expected):
     assert go_json(value) == expected
+
+
+def test_v1_ok_is_rendered_as_any_other_text():
+    from gnsq_server.httpapi import v1_parts
+
+    assert v1_parts("OK") == v1_parts(b"OK") == ("200 OK", [
+        ("X-NSQ-Content-Type", "nsq; version=1.0"), ("Content-Type", "text/plain; charset=utf-8")
+    ], b"OK")
+    assert v1_parts("OK", 201)[0] == "201 Created"
+    assert v1_parts("ok")[2] == b"ok"

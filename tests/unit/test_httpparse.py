@@ -161,3 +161,14 @@ def test_idle_until_a_request_begins():
     assert not parser.idle
     parser.feed(b"Host: x\r\n\r\n")
     assert parser.idle  # between requests again
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PROPFIND", "M-SEARCH"])
+def test_method_and_a_target_fed_in_pieces(method):
+    parser = RequestParser()
+    data = f"{method} /a/long/target?x=1&y=2 HTTP/1.1\r\nHost: h\r\n\r\n".encode()
+    for index in range(len(data)):  # one byte at a time: llhttp hands the target in pieces
+        parser.feed(data[index:index + 1])
+    head = parser.next_event()
+    assert (head.method, head.target) == (method, b"/a/long/target?x=1&y=2")
+    assert parser.next_event() is END
