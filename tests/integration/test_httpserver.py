@@ -58,13 +58,16 @@ def fast_echo(req):
 
 
 class Served:
-    def __init__(self, **kwargs) -> None:
+    """The test app and its fast lane on an HTTPServer (or a subclass) on a free port."""
+
+    def __init__(self, server_class: type[HTTPServer] = HTTPServer, **kwargs) -> None:
+        self.server_class = server_class
         self.kwargs = kwargs
         self.http: HTTPServer | None = None
 
     def start(self) -> None:
         lane = {("POST", b"/fast"): fast_echo}
-        self.http = HTTPServer(listen("127.0.0.1:0"), app, fast_lane=lane, **self.kwargs)
+        self.http = self.server_class(listen("127.0.0.1:0"), app, fast_lane=lane, **self.kwargs)
         self.http.start()
         self.port = self.http.socket.getsockname()[1]
 

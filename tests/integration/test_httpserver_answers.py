@@ -13,10 +13,9 @@ import pytest
 
 from gnsq_server.httpheads import HeadCache
 from gnsq_server.httpserver import HTTPServer
-from gnsq_server.serving import listen
 
 from ..servers import ThreadedServer
-from .test_httpserver import Reader, app, fast_echo
+from .test_httpserver import Reader, Served
 
 
 class _CountingSocket:
@@ -53,20 +52,9 @@ class _CountingServer(HTTPServer):
         super().handle(_CountingSocket(sock, counts), address)
 
 
-class Served:
-    def start(self) -> None:
-        lane = {("POST", b"/fast"): fast_echo}
-        self.http = _CountingServer(listen("127.0.0.1:0"), app, fast_lane=lane)
-        self.http.start()
-        self.port = self.http.socket.getsockname()[1]
-
-    def stop(self) -> None:
-        self.http.close()
-
-
 @pytest.fixture(scope="module")
 def server():
-    running = ThreadedServer(Served).start()
+    running = ThreadedServer(lambda: Served(_CountingServer)).start()
     yield running.server
     running.stop()
 
