@@ -6,6 +6,7 @@ monkey.patch_all()
 
 import importlib  # noqa: E402
 import signal  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import click  # noqa: E402
@@ -73,22 +74,60 @@ def click_option(opt: Option) -> click.Option:
     )
 
 
-def _make_command(daemon: str, prog: str, server_module: str, summary: str) -> click.Command:
-    table = list(option_table(daemon))
+def command_line_flags(
+    ctx: click.Context, params: dict[str, Any], table: list[Option]
+) -> dict[str, Any]:
+    """The values given on the command line, keyed by flag name (what ``load_options`` takes):
+    click's defaults are left out, so config files and the real defaults still apply."""
     flag_of = {opt.flag.replace("-", "_"): opt.flag for opt in table}
+    return {
+        flag_of[name]: list(value) if isinstance(value, tuple) else value
+        for name, value in params.items()
+        if name in flag_of and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+    }
+
+
+def go_flag_command(
+    prog: str,
+    daemon: str,
+    version: str,
+    summary: str,
+    callback: Callable[..., None],
+    options: list[click.Option],
+    config: click.Option | None = None,
+) -> GoFlagCommand:
+    """A command with ``config`` (if any), ``--version`` (printing ``version``), -h/--help and
+    ``options``: the daemons and the tools alike."""
 
     def show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
         if value and not ctx.resilient_parsing:
-            click.echo(version_line(prog))
+            click.echo(version)
             ctx.exit(0)
+
+    version_option = click.Option(
+        ["--version"],
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=show_version,
+        help="print version string",
+    )
+    return GoFlagCommand(
+        prog,
+        daemon=daemon,
+        callback=callback,
+        params=[*([config] if config else []), version_option, *options],
+        help=summary,
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
+    )
+
+
+def _make_command(daemon: str, prog: str, server_module: str, summary: str) -> click.Command:
+    table = list(option_table(daemon))
 
     def main(**params: Any) -> None:
         ctx = click.get_current_context()
-        flags = {
-            flag_of[name]: list(value) if isinstance(value, tuple) else value
-            for name, value in params.items()
-            if name in flag_of and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
-        }
+        flags = command_line_flags(ctx, params, table)
         try:
             opts = load_options(daemon, flags, params["config"])
         except ConfigError as exc:
@@ -112,30 +151,13 @@ def _make_command(daemon: str, prog: str, server_module: str, summary: str) -> c
         server = importlib.import_module(server_module)
         ctx.exit(int(server.run(opts) or 0))
 
-    params: list[click.Parameter] = [
-        click.Option(
-            ["-c", "--config"],
-            metavar="FILE",
-            help=f"path to config file (.ini with a [{daemon}] section, else nsqd's TOML)",
-        ),
-        click.Option(
-            ["--version"],
-            is_flag=True,
-            expose_value=False,
-            is_eager=True,
-            callback=show_version,
-            help="print version string",
-        ),
-        *(click_option(opt) for opt in table),
-    ]
-    return GoFlagCommand(
-        prog,
-        daemon=daemon,
-        callback=main,
-        params=params,
-        help=summary,
-        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
+    config = click.Option(
+        ["-c", "--config"],
+        metavar="FILE",
+        help=f"path to config file (.ini with a [{daemon}] section, else nsqd's TOML)",
     )
+    options = [click_option(opt) for opt in table]
+    return go_flag_command(prog, daemon, version_line(prog), summary, main, options, config)
 
 
 gnsqd: click.Command = _make_command(
@@ -162,5 +184,13 @@ gnsqadmin: click.Command = _make_command(
     "read from nsqlookupd and nsqd HTTP APIs. Flags take Go's forms (-flag=value, --flag value).",
 )
 
-__all__ = ["gnsqd", "gnsqlookupd", "gnsqadmin", "GoFlagCommand", "click_option"]
+__all__ = [
+    "gnsqd",
+    "gnsqlookupd",
+    "gnsqadmin",
+    "GoFlagCommand",
+    "click_option",
+    "command_line_flags",
+    "go_flag_command",
+]
 

@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import os
-import select
 import socket
-import statistics
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -49,11 +46,11 @@ from benchload import (  # noqa: E402
     produce,
     publish_paced,
 )
+from benchreport import print_table, summarize, without_nan  # noqa: E402
+from benchsink import sink_main  # noqa: E402
 from benchwire import (  # noqa: E402
-    FIN_SIZE,
     MAGIC,
     OK_FRAME,
-    RECV_SIZE,
     encode_http_mpub_body,
     encode_http_post,
     encode_mpub,
@@ -311,68 +308,6 @@ def run_crash_safe(opts: argparse.Namespace, tag: str) -> dict[str, dict[str, An
 # -- the self-test sink --------------------------------------------------------------------------
 
 
-def sink_main(
-    listener: socket.socket, skip: int, request_size: int, reply: bytes, message: bytes
-) -> None:
-    """Answer `reply` per `request_size` bytes after `skip`; with `message`, play a channel."""
-
-    def serve(conn: socket.socket) -> None:
-        try:
-            if message:
-                sink_channel(conn, message)
-            else:
-                sink_replies(conn, skip, request_size, reply)
-        except OSError:
-            pass  # the generator hung up mid-stream
-        finally:
-            conn.close()
-
-    while True:
-        conn, _ = listener.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-
-def sink_replies(conn: socket.socket, skip: int, request_size: int, reply: bytes) -> None:
-    received, answered = -skip, 0
-    while data := conn.recv(RECV_SIZE):
-        received += len(data)
-        due = max(received, 0) // request_size - answered
-        if due > 0:
-            conn.sendall(reply * due)
-            answered += due
-
-
-def sink_channel(conn: socket.socket, message: bytes) -> None:
-    """OK the SUB, then stream `message` frames while in-flight < RDY; FINs are counted."""
-    buf = b""
-    while b"\nRDY " not in buf or not buf.endswith(b"\n"):
-        data = conn.recv(RECV_SIZE)
-        if not data:
-            return
-        if b"SUB " in data:
-            conn.sendall(OK_FRAME)
-        buf += data
-    rdy = int(buf.rsplit(b"RDY ", 1)[1])
-    conn.setblocking(False)
-    in_flight, fin_bytes, pending = 0, 0, memoryview(b"")
-    while True:
-        writable = [conn] if pending or in_flight < rdy else []
-        readable, writable, _ = select.select([conn], writable, [], 1)
-        if readable:
-            data = conn.recv(RECV_SIZE)
-            if not data:
-                return
-            fin_bytes += len(data)
-            in_flight -= fin_bytes // FIN_SIZE
-            fin_bytes %= FIN_SIZE
-        if writable:
-            if not pending:
-                count = min(rdy - in_flight, 512)
-                pending = memoryview(message * count)
-                in_flight += count
-            pending = pending[conn.send(pending) :]
-
-
 @contextmanager
 def sink_for(mode: str, opts: argparse.Namespace) -> Iterator[tuple[Target, list[Job]]]:
     """A sink process shaped for a mode's frames, and the mode's jobs aimed at it."""
@@ -404,86 +339,6 @@ def self_test_once(mode: str, opts: argparse.Namespace) -> dict[str, Any]:
             result = run_producers(jobs, mode_timeout(opts))
     result["status"] = "ok"
     return result
-
-
-# -- report --------------------------------------------------------------------------------------
-
-FIGURES = (
-    "msg_per_s",
-    "gen_cores",
-    "p50_ms",
-    "p99_ms",
-    "p999_ms",
-    "rss_kb",
-    "rss_per_queued_msg_b",
-)
-
-
-def summarize(runs: list[dict[str, Any]], body_size: int) -> dict[str, Any]:
-    """Medians over the measured runs, the msg/s spread as (max - min) / median, and the
-    status: ok, or the first run's reason for not being ok."""
-    measured = [run for run in runs if "msg_per_s" in run]
-    status = next((run["status"] for run in runs if run.get("status") != "ok"), "ok")
-    summary: dict[str, Any] = {"status": status, "runs": runs}
-    if not measured:
-        return summary
-    for key in FIGURES:
-        values = [run[key] for run in measured if run.get(key) is not None]
-        values = [value for value in values if not math.isnan(value)]
-        if values:
-            summary[key] = statistics.median(values)
-    rates = [run["msg_per_s"] for run in measured]
-    median = summary["msg_per_s"]
-    summary["mb_per_s"] = median * body_size / 1e6
-    summary["spread_pct"] = (max(rates) - min(rates)) / median * 100 if median else 0.0
-    return summary
-
-
-def fmt(value: Any, spec: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return format(value, spec)
-
-
-def print_table(title: str, rows: list[tuple[str, dict[str, Any]]], repeat: int) -> None:
-    """The figures, then notes: statuses, server notes (once if every row has them)."""
-    spread = f"spread/{repeat}" if repeat > 1 else ""
-    head = (
-        f"{'mode':<16}{'msg/s':>11}{spread:>10}{'MB/s':>8}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'p99.9 ms':>10}{'RSS MB':>8}{'RSS B/msg':>10}{'gen cores':>10}"
-    )
-    print(f"\n{title}\n{head}\n{'-' * len(head)}")
-    notes: dict[str, set[str]] = {}
-    for name, s in rows:
-        notes[name] = mine = {note for run in s["runs"] for note in run.get("notes", [])}
-        if "msg_per_s" not in s:
-            print(f"{name:<16}  {s['status']}")
-            continue
-        if s["status"] != "ok":
-            mine.add(s["status"])
-        rss = s.get("rss_kb")
-        print(
-            f"{name:<16}{fmt(s['msg_per_s'], ',.0f'):>11}"
-            f"{fmt(s['spread_pct'], '.0f') + '%' if repeat > 1 else '':>10}"
-            f"{fmt(s['mb_per_s'], '.1f'):>8}{fmt(s.get('p50_ms'), '.2f'):>9}"
-            f"{fmt(s.get('p99_ms'), '.2f'):>9}{fmt(s.get('p999_ms'), '.2f'):>10}"
-            f"{fmt(rss / 1024 if rss else None, '.0f'):>8}"
-            f"{fmt(s.get('rss_per_queued_msg_b'), '.0f'):>10}{fmt(s.get('gen_cores'), '.2f'):>10}"
-        )
-        last = s["runs"][-1]
-        if "published" in last:
-            mine.add(
-                f"publisher: {last['published']} sent at {last['publish_rate']:,.0f} "
-                f"msg/s, {last['lost']} not delivered, throttled {last['throttled']}x"
-            )
-        if "filled" in last:
-            mine.add(f"drained {last['msgs']} of {last['filled']} pre-filled messages")
-    common = set.intersection(*notes.values()) if len(notes) > 1 else set()
-    for note in sorted(common):
-        print(f"  all modes: {note}")
-    for name, mine in notes.items():
-        for note in sorted(mine - common):
-            print(f"  {name}: {note}")
 
 
 # -- command line --------------------------------------------------------------------------------
@@ -719,17 +574,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opts.json:
         Path(opts.json).write_text(json.dumps(without_nan(report), indent=2, default=str) + "\n")
     return 0
-
-
-def without_nan(value: Any) -> Any:
-    """JSON has no NaN: percentiles of no samples become null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: without_nan(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [without_nan(item) for item in value]
-    return value
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import pytest
 from gnsq_server import config
 from gnsq_server.nsqd.server import NSQDServer
 
+from .durable import gnsqd_processes
 from .servers import ThreadedServer
 
 
@@ -40,6 +41,13 @@ def start_nsqd(tmp_path):
     yield start
     for server in reversed(started):
         server.stop()
+
+
+@pytest.fixture
+def run_gnsqd():
+    """Factory: start a gnsqd process on a data path; whatever is still running is stopped."""
+    with gnsqd_processes() as start:
+        yield start
 
 
 @pytest.fixture

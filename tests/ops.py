@@ -1,4 +1,5 @@
-"""Helpers for the operations tests: free ports, bounded waits, curl, gnsqd run from its script."""
+"""Helpers every kind of test shares: free ports, bounded waits, curl, console scripts run to
+completion."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def free_port() -> int:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; AssertionError on timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -41,7 +43,8 @@ def curl(*args: str) -> str:
 
 
 def run_cli(program: str, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
-    """Run gnsqd/gnsqlookupd to completion (for the ones that must refuse to start)."""
+    """Run a console script to completion: a daemon that must refuse to start, a tool's usage."""
     return subprocess.run(
-        [str(BIN / program), *args], capture_output=True, text=True, timeout=timeout
+        [str(BIN / program), *args], capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )

@@ -16,16 +16,6 @@ from pathlib import Path
 from .servers import BIN, ServerProcess
 
 
-def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 class Tool:
     """One run of a tool's console script, its stdout and stderr collected as they come."""
 
@@ -94,13 +84,6 @@ class Tool:
             self.proc.kill()
             self.proc.wait(5)
         self._close_pipes()
-
-
-def run_tool(program: str, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / program), *args], capture_output=True, text=True, timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 class Nsqd:

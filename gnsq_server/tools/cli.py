@@ -12,10 +12,9 @@ import warnings  # noqa: E402
 from typing import Any  # noqa: E402
 
 import click  # noqa: E402
-from click.core import ParameterSource  # noqa: E402
 
 from gnsq_server import NSQ_VERSION  # noqa: E402
-from gnsq_server.cli import GoFlagCommand, click_option  # noqa: E402
+from gnsq_server.cli import click_option, command_line_flags, go_flag_command  # noqa: E402
 from gnsq_server.config import ConfigError, load_options  # noqa: E402
 from gnsq_server.logs import setup_logging  # noqa: E402
 from gnsq_server.options import Option, register_option_table  # noqa: E402
@@ -41,20 +40,11 @@ def _make_command(module_name: str) -> click.Command:
     tool = importlib.import_module(module_name)
     prog = tool.PROG
     register_option_table(prog, tool.OPTIONS)
-    flag_of = {opt.flag.replace("-", "_"): opt.flag for opt in tool.OPTIONS}
-
-    def show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-        if value and not ctx.resilient_parsing:
-            click.echo(f"{prog} v{NSQ_VERSION}")
-            ctx.exit(0)
+    table = list(tool.OPTIONS)
 
     def main(**params: Any) -> None:
         ctx = click.get_current_context()
-        flags = {
-            flag_of[name]: list(value) if isinstance(value, tuple) else value
-            for name, value in params.items()
-            if name in flag_of and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
-        }
+        flags = command_line_flags(ctx, params, table)
         try:
             opts = load_options(prog, flags)
             tool.check(opts)
@@ -65,25 +55,8 @@ def _make_command(module_name: str) -> click.Command:
                       getattr(opts, "log_level", "info"), stream=sys.stderr)
         ctx.exit(int(tool.run(opts) or 0))
 
-    params: list[click.Parameter] = [
-        click.Option(
-            ["--version"],
-            is_flag=True,
-            expose_value=False,
-            is_eager=True,
-            callback=show_version,
-            help="print version string",
-        ),
-        *(_click_option(opt) for opt in tool.OPTIONS),
-    ]
-    return GoFlagCommand(
-        prog,
-        daemon=prog,
-        callback=main,
-        params=params,
-        help=tool.SUMMARY,
-        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
-    )
+    options = [_click_option(opt) for opt in table]
+    return go_flag_command(prog, prog, f"{prog} v{NSQ_VERSION}", tool.SUMMARY, main, options)
 
 
 gnsq_tail: click.Command = _make_command("gnsq_server.tools.tail")

@@ -92,6 +92,13 @@ def require_sources(flag: str, direct: list[str], lookupds: list[str]) -> None:
         check_address("lookupd-http-address", address, scheme_ok=True)
 
 
+def require_positive(opts: Any, *flags: str) -> None:
+    """Durations and intervals the tools cannot work with at zero or below."""
+    for flag in flags:
+        if getattr(opts, flag.replace("-", "_")) <= 0:
+            raise UsageError(f"--{flag} should be positive")
+
+
 def check_names(flag: str, names: Iterable[str]) -> None:
     """Topic/channel names as nsqd accepts them, checked before connecting."""
     for name in names:

@@ -26,6 +26,7 @@ from gnsq_server.tools.client import (
     get_json,
     lookupd_producers,
     on_stop_signals,
+    require_positive,
     require_sources,
 )
 
@@ -60,9 +61,7 @@ HEADER = (
 def check(opts: Any) -> None:
     if not opts.topic or not opts.channel:
         raise UsageError("--topic and --channel are required")
-    for flag in ("interval", "http-client-connect-timeout", "http-client-request-timeout"):
-        if getattr(opts, flag.replace("-", "_")) <= 0:
-            raise UsageError(f"--{flag} should be positive")
+    require_positive(opts, "interval", "http-client-connect-timeout", "http-client-request-timeout")
     for flag, addresses in (
         ("nsqd-http-address", opts.nsqd_http_addresses),
         ("lookupd-http-address", opts.lookupd_http_addresses),

@@ -44,6 +44,7 @@ from gnsq_server.tools.client import (
     lookupd_topics,
     on_stop_signals,
     parse_client_opts,
+    require_positive,
     require_sources,
     user_agent,
 )
@@ -101,9 +102,8 @@ def check(opts: Any) -> None:
         raise UsageError("--channel is required")
     check_names("channel", [opts.channel])
     check_names("topic", opts.topics)
-    for flag in ("http-client-connect-timeout", "http-client-request-timeout", "sync-interval"):
-        if getattr(opts, flag.replace("-", "_")) <= 0:
-            raise UsageError(f"--{flag} should be positive")
+    require_positive(opts, "http-client-connect-timeout", "http-client-request-timeout",
+                     "sync-interval")
     require_sources("nsqd-tcp-address", opts.nsqd_tcp_addresses, opts.lookupd_http_addresses)
     if not 1 <= opts.gzip_level <= 9:
         raise UsageError(f"invalid --gzip-level value ({opts.gzip_level}), should be 1-9")

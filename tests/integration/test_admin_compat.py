@@ -16,8 +16,9 @@ import pytest
 import requests
 
 from ..conftest import RawConnection
+from ..ops import wait_for
 from ..servers import ServerProcess
-from .test_admin_api import AdminCluster, wait_for
+from .test_admin_api import AdminCluster
 
 REFERENCE = os.environ.get("NSQADMIN_REFERENCE_BIN", "")
 

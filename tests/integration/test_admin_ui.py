@@ -20,9 +20,10 @@ import requests
 
 from ..authserver import AuthServer
 from ..conftest import RawConnection
+from ..ops import wait_for
 from ..servers import ServerProcess
 from ..tlscerts import make_certs
-from .test_admin_api import AdminCluster, wait_for
+from .test_admin_api import AdminCluster
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import (  # noqa: E402

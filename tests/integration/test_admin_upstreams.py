@@ -12,9 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
+from ..ops import wait_for
 from ..servers import ServerProcess
 from ..tlscerts import make_certs
-from .test_admin_api import AdminCluster, wait_for
+from .test_admin_api import AdminCluster
 
 INFO = {"version": "1.3.0", "broadcast_address": "127.0.0.1", "hostname": "slowbox",
         "tcp_port": 4150}

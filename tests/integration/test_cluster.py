@@ -14,6 +14,7 @@ import requests
 
 from gnsq_server.nsqd import server as nsqd_server
 
+from ..ops import wait_for
 from ..servers import ServerProcess
 
 pytestmark = pytest.mark.skipif(
@@ -22,16 +23,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 POLL = 1  # the clients' lookupd poll interval (pynsq wants an int)
-
-
-def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Cluster:

@@ -24,13 +24,12 @@ from pathlib import Path
 import pytest
 
 from ..captures import CAPTURES
-from .test_durability import (
+from ..durable import (
     HAS_HTTP,
     Msg,
     assert_silent,
     channel_stats,
     decode_message,
-    gnsqd_processes,
     http,
     paused_flags,
     publish,
@@ -44,12 +43,6 @@ from .test_durability import (
 FIXTURE = CAPTURES
 DATADIR_FLAGS = ("--mem-queue-size=0", "--max-bytes-per-file=4096")
 MAX_MSG_SIZE = 1024 * 1024  # nsqd's default --max-msg-size
-
-
-@pytest.fixture
-def run_gnsqd():
-    with gnsqd_processes() as start:
-        yield start
 
 
 @pytest.fixture(scope="module")

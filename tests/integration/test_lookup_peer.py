@@ -17,6 +17,7 @@ from gnsq_server.nsqd import lookup_peer
 from gnsq_server.nsqd.lookup_peer import Lookup
 
 from ..captures import CAPTURES
+from ..ops import wait_for
 
 FIXTURE = CAPTURES / "nsqd-to-lookupd.json"
 
@@ -29,16 +30,6 @@ def sent_in(event: dict) -> list[bytes]:
     return [
         bytes.fromhex(x["hex"]) for x in event["exchanges"] if x["direction"] == "nsqd->lookupd"
     ]
-
-
-def wait_for(predicate, timeout: float = 5.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class FakeLookupd:

@@ -20,6 +20,7 @@ from gnsq_server.nsqd.server import NSQDServer
 
 from ..captures import CAPTURES
 from ..conftest import nsqd_options
+from ..ops import free_port
 from ..servers import ThreadedServer
 
 FIXTURES = CAPTURES / "http-transcripts.json"
@@ -43,12 +44,6 @@ XFAIL = {
     "debug_pprof_index": "Go pprof: deliberately not offered (404)",
     "debug_pprof_no_slash": "Go pprof: deliberately not offered (404)",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------

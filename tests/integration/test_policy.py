@@ -5,23 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 
 import gevent
 import gnsq
 import nsq
 import pytest
 
-from .test_durability import (
+from ..durable import (
     ServerError,
     Wire,
+    bodies,
     channel_stats,
     dpub,
     drain,
-    gnsqd_processes,
     http,
     mpub_body,
     publish,
@@ -31,12 +33,6 @@ from .test_durability import (
 )
 
 MODES = {"default": (), "crash-safe": ("--crash-safe",)}
-
-
-@pytest.fixture
-def run_gnsqd():
-    with gnsqd_processes() as start:
-        yield start
 
 
 @pytest.fixture(params=list(MODES))
@@ -68,8 +64,39 @@ def wait_until(predicate, timeout: float = 10.0, step: float = 0.02) -> None:
         time.sleep(step)
 
 
-def bodies(prefix: str, count: int) -> list[bytes]:
-    return [f"{prefix}-{i:05d}".encode() for i in range(count)]
+def slow_consumers(
+    server, topic: str, channel: str, max_in_flight: int, handler: Callable[..., None]
+) -> list[gnsq.Consumer]:
+    """Three gnsq consumers of one channel, each calling ``handler`` for every message."""
+    address = [f"127.0.0.1:{server.tcp_port}"]
+    consumers = [
+        gnsq.Consumer(topic, channel, nsqd_tcp_addresses=address, max_in_flight=max_in_flight)
+        for _ in range(3)
+    ]
+    for consumer in consumers:
+        consumer.on_message.connect(handler, weak=False)
+    return consumers
+
+
+@contextlib.contextmanager
+def running(*consumers: gnsq.Consumer) -> Iterator[None]:
+    """Start gnsq consumers; on exit close them and wait (bounded) for them to stop."""
+    for consumer in consumers:
+        consumer.start(block=False)
+    try:
+        yield
+    finally:
+        for consumer in consumers:
+            consumer.close()
+            consumer.join(timeout=5)
+
+
+def wait_drained(server, topic: str, channel: str, settle: float) -> None:
+    """Until the channel's depth is 0 (30 s at most), then ``settle`` s for what is in flight."""
+    deadline = time.monotonic() + 30
+    while channel_stats(server, topic, channel)["depth"] and time.monotonic() < deadline:
+        gevent.sleep(0.1)
+    gevent.sleep(settle)
 
 
 # -- max_attempts ---------------------------------------------------------------------------
@@ -151,17 +178,11 @@ def test_gnsq_consumers_that_time_out_or_are_slow(run_gnsqd, tmp_path):
     def collect(_consumer, message) -> None:
         dead.append(message.body)
 
-    for consumer in (silent, slow, dlq):
-        consumer.start(block=False)
-    try:
+    with running(silent, slow, dlq):
         deadline = time.monotonic() + 30
         while len(dead) < len(sent) and time.monotonic() < deadline:
             gevent.sleep(0.05)
         gevent.sleep(1.5)
-    finally:
-        for consumer in (silent, slow, dlq):
-            consumer.close()
-            consumer.join(timeout=5)
     assert sorted(dead) == sent
     # a slow gnsq consumer's handler misses messages that timed out in its own buffer, so the
     # handlers see each message at most twice; the server timed out each one exactly twice
@@ -201,28 +222,13 @@ def test_ttl_under_load_with_several_slow_consumers(run_gnsqd, tmp_path, dead_le
     sent = bodies("event", 10_000)
     publish(server.tcp_port, "events", sent, batch=500)
     ages: list[float] = []
-    address = [f"127.0.0.1:{server.tcp_port}"]
-    consumers = [
-        gnsq.Consumer("events", "slow", nsqd_tcp_addresses=address, max_in_flight=5)
-        for _ in range(3)
-    ]
 
     def slow_handler(_consumer, message) -> None:
         ages.append(time.time() - message.timestamp / 1e9)
         gevent.sleep(0.002)
 
-    for consumer in consumers:
-        consumer.on_message.connect(slow_handler, weak=False)
-        consumer.start(block=False)
-    try:
-        deadline = time.monotonic() + 30
-        while channel_stats(server, "events", "slow")["depth"] and time.monotonic() < deadline:
-            gevent.sleep(0.1)
-        gevent.sleep(0.3)
-    finally:
-        for consumer in consumers:
-            consumer.close()
-            consumer.join(timeout=5)
+    with running(*slow_consumers(server, "events", "slow", 5, slow_handler)):
+        wait_drained(server, "events", "slow", settle=0.3)
     wait_until(lambda: policy_stats(server, "events", "slow")["dead_letter_pending"] == 0)
     policy = policy_stats(server, "events", "slow")
     expired = policy["dead_lettered"]["msg_ttl"] + policy["dropped"]["msg_ttl"]
@@ -330,35 +336,20 @@ def test_max_depth_overflow_under_load(run_gnsqd, tmp_path, overflow):
     server = run_gnsqd(tmp_path)
     set_policy(server, "burst", "c", max_depth=200, overflow=overflow)
     seen: list[bytes] = []
-    address = [f"127.0.0.1:{server.tcp_port}"]
-    consumers = [
-        gnsq.Consumer("burst", "c", nsqd_tcp_addresses=address, max_in_flight=10)
-        for _ in range(3)
-    ]
 
     def slow_handler(_consumer, message) -> None:
         seen.append(message.body)
         gevent.sleep(0.001)
 
-    for consumer in consumers:
-        consumer.on_message.connect(slow_handler, weak=False)
-        consumer.start(block=False)
     sent = bodies("b", 10_000)
-    try:
+    with running(*slow_consumers(server, "burst", "c", 10, slow_handler)):
         for start in range(0, len(sent), 250):
             wire = Wire(server.tcp_port)
             wire.command(b"MPUB burst", mpub_body(sent[start:start + 250]))
             assert wire.response() == b"OK"
             wire.close()
             gevent.sleep(0.01)
-        deadline = time.monotonic() + 30
-        while channel_stats(server, "burst", "c")["depth"] and time.monotonic() < deadline:
-            gevent.sleep(0.1)
-        gevent.sleep(0.5)
-    finally:
-        for consumer in consumers:
-            consumer.close()
-            consumer.join(timeout=5)
+        wait_drained(server, "burst", "c", settle=0.5)
     wait_until(lambda: policy_stats(server, "burst", "c")["dead_letter_pending"] == 0)
     policy = policy_stats(server, "burst", "c")
     taken = policy["dropped"]["max_depth"] + policy["dead_lettered"]["max_depth"]

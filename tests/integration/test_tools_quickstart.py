@@ -12,8 +12,8 @@ import time
 
 import pytest
 
+from ..ops import wait_for
 from ..servers import REPO
-from ..toolproc import wait_for
 
 PORTS = (4150, 4151, 4160, 4161)
 

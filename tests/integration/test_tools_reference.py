@@ -8,7 +8,8 @@ import signal
 
 import pytest
 
-from ..toolproc import Nsqd, Tool, reference_nsqd, run_tool, wait_for
+from ..ops import run_cli, wait_for
+from ..toolproc import Nsqd, Tool, reference_nsqd
 
 pytestmark = pytest.mark.skipif(reference_nsqd() is None, reason="NSQ_REFERENCE_BIN not set")
 
@@ -37,7 +38,7 @@ def test_to_gnsq_then_gnsq_tail(go_nsqd, compression):
 def test_gnsq_stat_and_gnsq_to_file(go_nsqd, tmp_path):
     go_nsqd.create_channel("files", "nsq_to_file")
     go_nsqd.mpub("files", [b"line-%d" % i for i in range(1000)])
-    stat = run_tool("gnsq_stat", "--topic=files", "--channel=nsq_to_file", "--count=1",
+    stat = run_cli("gnsq_stat", "--topic=files", "--channel=nsq_to_file", "--count=1",
                     "--interval=100ms", f"--nsqd-http-address={go_nsqd.http}")
     assert stat.returncode == 0, stat.stderr
     assert " 1000 " in stat.stdout.splitlines()[2]

@@ -10,7 +10,8 @@ import urllib.request
 
 import pytest
 
-from ..toolproc import Nsqd, Tool, run_tool, start_lookupd, wait_for
+from ..ops import run_cli, wait_for
+from ..toolproc import Nsqd, Tool, start_lookupd
 
 HEADER = [
     b"------rate------+----------------depth----------------+--------------metadata---------------",
@@ -40,7 +41,7 @@ def rows(tool: Tool) -> list[tuple[int, ...]]:
 def test_count_rows_with_depths(nsqd):
     nsqd.create_channel("watched", "ch")
     nsqd.mpub("watched", [b"x"] * 7)
-    result = run_tool("gnsq_stat", "--topic=watched", "--channel=ch",
+    result = run_cli("gnsq_stat", "--topic=watched", "--channel=ch",
                       f"--nsqd-http-address={nsqd.http}", "--interval=100ms", "--count=2")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.encode().splitlines()
@@ -119,6 +120,6 @@ def test_nsqd_goes_away_and_comes_back(nsqd):
     ],
 )
 def test_bad_flags_exit_2_with_a_clear_message(args, message):
-    result = run_tool("gnsq_stat", *args)
+    result = run_cli("gnsq_stat", *args)
     assert result.returncode == 2, result
     assert message in result.stderr

@@ -9,9 +9,10 @@ import subprocess
 
 import pytest
 
+from ..ops import run_cli, wait_for
 from ..servers import BIN
 from ..tlscerts import make_certs
-from ..toolproc import Nsqd, Tool, run_tool, start_lookupd, wait_for
+from ..toolproc import Nsqd, Tool, start_lookupd
 
 
 @pytest.fixture
@@ -174,15 +175,15 @@ def test_nsqd_goes_away_and_comes_back(nsqd):
     ],
 )
 def test_bad_flags_exit_2_with_a_clear_message(args, message):
-    result = run_tool("gnsq_tail", *args)
+    result = run_cli("gnsq_tail", *args)
     assert result.returncode == 2, result
     assert message in result.stderr
     assert result.stdout == ""
 
 
 def test_version_and_help():
-    assert run_tool("gnsq_tail", "--version").stdout == "gnsq_tail v1.3.0\n"
-    help_text = run_tool("gnsq_tail", "-h").stdout
+    assert run_cli("gnsq_tail", "--version").stdout == "gnsq_tail v1.3.0\n"
+    help_text = run_cli("gnsq_tail", "-h").stdout
     for flag in ("--channel", "--max-in-flight", "--n ", "--print-topic", "--topic",
                  "--nsqd-tcp-address", "--lookupd-http-address", "--consumer-opt"):
         assert flag in help_text

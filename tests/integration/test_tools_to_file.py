@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ..toolproc import Nsqd, Tool, run_tool, start_lookupd, wait_for
+from ..ops import run_cli, wait_for
+from ..toolproc import Nsqd, Tool, start_lookupd
 
 CHANNEL = "nsq_to_file"
 
@@ -223,7 +224,7 @@ def test_nsqd_goes_away_and_comes_back(nsqd, dirs):
     ],
 )
 def test_bad_flags_exit_2_with_a_clear_message(args, message):
-    result = run_tool("gnsq_to_file", *args)
+    result = run_cli("gnsq_to_file", *args)
     assert result.returncode == 2, result
     assert message in result.stderr
 

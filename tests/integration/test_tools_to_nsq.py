@@ -8,8 +8,9 @@ import time
 
 import pytest
 
+from ..ops import run_cli, wait_for
 from ..tlscerts import make_certs
-from ..toolproc import Nsqd, Tool, run_tool, wait_for
+from ..toolproc import Nsqd, Tool
 
 
 @pytest.fixture
@@ -146,13 +147,13 @@ def test_an_error_from_nsqd_exits_1(tmp_path):
     ],
 )
 def test_bad_flags_exit_2_with_a_clear_message(args, message):
-    result = run_tool("to_gnsq", *args)
+    result = run_cli("to_gnsq", *args)
     assert result.returncode == 2, result
     assert message in result.stderr
 
 
 def test_help_shows_the_newline_default_escaped():
-    result = run_tool("to_gnsq", "--help")
+    result = run_cli("to_gnsq", "--help")
     assert result.returncode == 0
     assert "[default: \\n]" in result.stdout
-    assert run_tool("to_gnsq", "-version").stdout == "to_gnsq v1.3.0\n"
+    assert run_cli("to_gnsq", "-version").stdout == "to_gnsq v1.3.0\n"

@@ -11,15 +11,15 @@ import gevent
 import gnsq
 import pytest
 
-from .test_durability import (
+from ..durable import (
     FullDisk,
     ServerError,
     Wire,
     assert_silent,
+    bodies,
     channel_stats,
     dpub,
     drain,
-    gnsqd_processes,
     http,
     publish,
     receive,
@@ -27,16 +27,6 @@ from .test_durability import (
     stop_cleanly,
     subscribe,
 )
-
-
-@pytest.fixture
-def run_gnsqd():
-    with gnsqd_processes() as start:
-        yield start
-
-
-def bodies(prefix: str, count: int) -> list[bytes]:
-    return [b"%s-%05d" % (prefix.encode(), i) for i in range(count)]
 
 
 def crash_safe(run_gnsqd, data, *flags: str):

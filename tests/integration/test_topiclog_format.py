@@ -16,8 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..servers import BIN
-from .test_durability import (
+from ..durable import (
     channel_stats,
     drain,
     gnsqd_processes,
@@ -25,6 +24,7 @@ from .test_durability import (
     stop_cleanly,
     subscribe,
 )
+from ..servers import BIN
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "gnsq-topiclog-v1" / "datadir"
 BASE_TS = 1_700_000_000_000_000_000

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import struct
@@ -13,20 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from ..scriptload import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "bench.py"
 GNSQD = Path(sys.executable).parent / "gnsqd"
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_script("bench")
 import benchwire  # noqa: E402  (bench.py put scripts/ on sys.path)
 
 

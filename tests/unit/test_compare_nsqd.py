@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "compare_nsqd.py"
+from ..scriptload import load_script
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("compare_nsqd", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["compare_nsqd"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-compare = _load()
+compare = load_script("compare_nsqd")
 
 GO_OUT = (
     "[bench_writer] 2026/12/07 02:48:57 duration: 1.022397042s - 52.348mb/s - "
