@@ -28,9 +28,13 @@ from gnsq_server.httpapi import (
     request_params,
     required,
     route,
-    topic_channel_args,
 )
-from gnsq_server.nsqd import metrics, stats
+from gnsq_server.nsqd import metrics, policy_http, stats
+from gnsq_server.nsqd.http_lookups import (
+    existing_channel,
+    existing_topic,
+    existing_topic_and_channel_name,
+)
 from gnsq_server.nsqd.policy import DepthExceeded
 from gnsq_server.nsqd.topic import PublishError, TopicExiting
 from gnsq_server.nsqd.topiclog import TopicLog
@@ -145,28 +149,28 @@ def create_app(
         name = required(query_params(), "topic")
         if not is_valid_name(name):
             raise HTTPError(400, "INVALID_TOPIC")
-        _guarded(_existing_topic(nsqd, name).empty)
+        _guarded(existing_topic(nsqd, name).empty)
 
     @route(app, "/topic/pause", ["POST"])
     def topic_pause() -> None:
-        topic = _existing_topic(nsqd, required(query_params(), "topic"))
+        topic = existing_topic(nsqd, required(query_params(), "topic"))
         _guarded(topic.pause)
 
     @route(app, "/topic/unpause", ["POST"])
     def topic_unpause() -> None:
-        topic = _existing_topic(nsqd, required(query_params(), "topic"))
+        topic = existing_topic(nsqd, required(query_params(), "topic"))
         _guarded(topic.unpause)
 
     # -- channels -----------------------------------------------------------------------
 
     @route(app, "/channel/create", ["POST"])
     def channel_create() -> None:
-        topic, channel_name = _existing_topic_and_channel_name(nsqd)
+        topic, channel_name = existing_topic_and_channel_name(nsqd)
         topic.get_channel(channel_name)
 
     @route(app, "/channel/delete", ["POST"])
     def channel_delete() -> None:
-        topic, channel_name = _existing_topic_and_channel_name(nsqd)
+        topic, channel_name = existing_topic_and_channel_name(nsqd)
         try:
             topic.delete_channel(channel_name)
         except KeyError:
@@ -174,15 +178,15 @@ def create_app(
 
     @route(app, "/channel/empty", ["POST"])
     def channel_empty() -> None:
-        _guarded(_existing_channel(nsqd).empty)
+        _guarded(existing_channel(nsqd).empty)
 
     @route(app, "/channel/pause", ["POST"])
     def channel_pause() -> None:
-        _guarded(_existing_channel(nsqd).pause)
+        _guarded(existing_channel(nsqd).pause)
 
     @route(app, "/channel/unpause", ["POST"])
     def channel_unpause() -> None:
-        _guarded(_existing_channel(nsqd).unpause)
+        _guarded(existing_channel(nsqd).unpause)
 
     # -- crash-safe topic log (gnsq only) -----------------------------------------------
 
@@ -190,7 +194,7 @@ def create_app(
     def channel_replay() -> dict:
         """Deliver again on one channel what was published since `since` (RFC 3339, unix
         ns, or "oldest": the oldest retained message); other channels are untouched."""
-        channel = _existing_channel(nsqd)
+        channel = existing_channel(nsqd)
         since = _parse_since(required(query_params(), "since"))
         _topic_log(channel.topic)
         position, queued = channel.replay(since)
@@ -205,7 +209,7 @@ def create_app(
         """Read or set how long (``time``, a duration) and how much (``bytes``) of a topic's
         consumed log is kept for replay; "default" returns to the daemon's flags."""
         params = query_params()
-        log = _topic_log(_existing_topic(nsqd, required(params, "topic")))
+        log = _topic_log(existing_topic(nsqd, required(params, "topic")))
         if request.method == "POST":
             seconds, max_bytes = log.retention_seconds, log.retention_bytes
             if (raw := first(params, "time")) is not None:
@@ -232,8 +236,6 @@ def create_app(
         if opt == "broadcast_http_port" and not value:
             return nsqd.http_port
         return value
-
-    from gnsq_server.nsqd import policy_http  # its routes reuse this module's lookups
 
     policy_http.register(app, nsqd)
     return app
@@ -279,27 +281,6 @@ def _publish_query(raw: str) -> tuple[dict[str, list[str]], str]:
                 _PUBLISH_QUERIES.clear()
             _PUBLISH_QUERIES[raw] = known
     return known
-
-
-def _existing_topic(nsqd: Any, name: str) -> Any:
-    topic = nsqd.find_topic(name)
-    if topic is None:
-        raise HTTPError(404, "TOPIC_NOT_FOUND")
-    return topic
-
-
-def _existing_topic_and_channel_name(nsqd: Any) -> tuple[Any, str]:
-    """nsqd's getExistingTopicFromQuery: both names present and valid, then the topic exists."""
-    topic_name, channel_name = topic_channel_args(query_params())
-    return _existing_topic(nsqd, topic_name), channel_name
-
-
-def _existing_channel(nsqd: Any) -> Any:
-    topic, channel_name = _existing_topic_and_channel_name(nsqd)
-    channel = topic.find_channel(channel_name)
-    if channel is None:
-        raise HTTPError(404, "CHANNEL_NOT_FOUND")
-    return channel
 
 
 def _topic_log(topic: Any) -> TopicLog:

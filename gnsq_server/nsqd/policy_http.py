@@ -19,10 +19,10 @@ from flask import Flask, request
 from gnsq_server.gosyntax import parse_duration
 from gnsq_server.httpapi import HTTPError, first, query_params, required, route
 from gnsq_server.nsqd import policy
-from gnsq_server.nsqd.http import (
-    _existing_channel,
-    _existing_topic,
-    _existing_topic_and_channel_name,
+from gnsq_server.nsqd.http_lookups import (
+    existing_channel,
+    existing_topic,
+    existing_topic_and_channel_name,
 )
 from gnsq_server.nsqd.topic import PublishError, TopicExiting
 from gnsq_server.wire import is_valid_name
@@ -38,8 +38,8 @@ def register(app: Flask, nsqd: Any) -> None:
     def channel_policy() -> dict:
         book: policy.PolicyBook = nsqd.policies
         if request.method == "GET":
-            return _describe(book, _existing_channel(nsqd))
-        topic, channel_name = _existing_topic_and_channel_name(nsqd)
+            return _describe(book, existing_channel(nsqd))
+        topic, channel_name = existing_topic_and_channel_name(nsqd)
         params = query_params()
         channel = topic.get_channel(channel_name)
         if first(params, "reset") in ("true", "1"):
@@ -53,7 +53,7 @@ def register(app: Flask, nsqd: Any) -> None:
 
     @route(app, "/channel/redrive", ["POST"])
     def channel_redrive() -> dict:
-        channel = _existing_channel(nsqd)
+        channel = existing_channel(nsqd)
         params = query_params()
         target_name = first(params, "to") or nsqd.policies.redrive_target(channel.topic_name)
         if target_name is None:
@@ -74,7 +74,7 @@ def register(app: Flask, nsqd: Any) -> None:
     @route(app, "/topic/dead_letters", ["GET"])
     def dead_letters() -> dict:
         params = query_params()
-        topic = _existing_topic(nsqd, required(params, "topic"))
+        topic = existing_topic(nsqd, required(params, "topic"))
         msg_id = first(params, "id")
         entries = nsqd.policies.lookup(topic.name, msg_id, _count(params, default=100))
         if msg_id is not None and not entries:
