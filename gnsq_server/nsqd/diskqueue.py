@@ -58,6 +58,24 @@ def _fsync_all(fds: list[int]) -> None:
         os.fsync(fd)
 
 
+def pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
+    """Write all of `data` at `offset`; on error truncate what got half-written and raise, so
+    a torn record never stays in a segment."""
+    view = memoryview(data)
+    done = 0
+    try:
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], offset + done)
+    except OSError:
+        try:
+            os.ftruncate(fd, offset)
+        except OSError:
+            pass
+        raise
+    finally:
+        view.release()
+
+
 class DiskQueue:
     """A FIFO of byte strings in numbered segment files, byte-compatible with nsqd 1.3.0."""
 
@@ -354,22 +372,12 @@ class DiskQueue:
         buf = self._wbuf
         if not buf:
             return
-        offset = self._write_pos - len(buf)
-        view = memoryview(buf)
-        done = 0
         try:
-            while done < len(view):
-                done += os.pwrite(self._wfd, view[done:], offset + done)
+            pwrite_all(self._wfd, buf, self._write_pos - len(buf))
         except OSError:
-            try:
-                os.ftruncate(self._wfd, offset)
-            except OSError:
-                pass
             if self._read_file_num == self._write_file_num:
                 self._close_reader()  # it may hold read-ahead bytes of the discarded tail
             raise
-        finally:
-            view.release()
         buf.clear()
 
     def _roll(self) -> None:

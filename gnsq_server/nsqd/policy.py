@@ -284,13 +284,7 @@ def redrive(channel: Channel, target: Topic, limit: int = 0) -> int:
     each finished in the channel only once ``target`` accepted it; returns how many moved."""
     moved = 0
     while not limit or moved < limit:
-        batch = []
-        want = min(_BATCH, limit - moved) if limit else _BATCH
-        while len(batch) < want:
-            msg = channel._take()
-            if msg is None:
-                break
-            batch.append(msg)
+        batch = channel._take_many(min(_BATCH, limit - moved) if limit else _BATCH)
         if not batch:
             break
         try:

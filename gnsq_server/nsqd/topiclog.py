@@ -58,6 +58,7 @@ import gevent
 from gevent.lock import Semaphore
 
 from . import metadata
+from .diskqueue import pwrite_all
 from .message import Message
 
 __all__ = ["DamagedState", "LogFormatError", "LogReader", "Retention", "TopicLog"]
@@ -429,28 +430,13 @@ class TopicLog:
                 segment = self._segments[-1]
             if self._fd is None:
                 self._fd = os.open(segment.path, os.O_RDWR | os.O_CLOEXEC)
-            self._pwrite(data, segment.size)
+            pwrite_all(self._fd, data, segment.size)
             segment.note(seq, segment.size)
             segment.size += len(data)
             self.bytes_written += len(data)
             self.end = seq + len(msgs)
             self._data_dirty = True
         self._remember(msgs, len(data) - RECORD_OVERHEAD * len(msgs))
-
-    def _pwrite(self, data: bytes, offset: int) -> None:
-        view = memoryview(data)
-        done = 0
-        try:
-            while done < len(view):
-                done += os.pwrite(self._fd, view[done:], offset + done)
-        except OSError:
-            try:
-                os.ftruncate(self._fd, offset)
-            except OSError:
-                pass
-            raise
-        finally:
-            view.release()
 
     def _remember(self, msgs: list[Message], body_bytes: int) -> None:
         tail = self._tail
