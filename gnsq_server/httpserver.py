@@ -95,6 +95,9 @@ class HTTPServer(StreamServer):
         self.max_head_bytes = max_head_bytes
         #: open connections, for the timeout sweep
         self.connections: set[Connection] = set()
+        #: time.monotonic() as of the sweep's next turn, moved on by the sweep: deadlines are
+        #: set from it, sparing a clock read per receive and send, and are never early
+        self.clock = time.monotonic() + self._sweep_interval()
         self._sweeper: gevent.Greenlet | None = None
         host, port = listener.getsockname()[:2]
         self.base_environ = {
@@ -136,10 +139,11 @@ class HTTPServer(StreamServer):
         Timeouts are kept here rather than on the sockets: a socket timeout costs a
         getsockopt and a timer on every send and receive, a fifth of a request's time.
         """
-        interval = min(1.0, self.idle_timeout / 4, self.read_timeout / 4)
+        interval = self._sweep_interval()
         while True:
             gevent.sleep(interval)
             now = time.monotonic()
+            self.clock = now + interval
             for conn in list(self.connections):
                 if conn.deadline and now > conn.deadline:
                     log.debug("closing %s:%s - timed out", conn.remote_addr, conn.remote_port)
@@ -147,6 +151,9 @@ class HTTPServer(StreamServer):
                         conn.sock.shutdown(SHUT_RDWR)
                     except OSError:
                         pass
+
+    def _sweep_interval(self) -> float:
+        return min(1.0, self.idle_timeout / 4, self.read_timeout / 4)
 
     def wrap_socket_and_handle(self, client_socket: Any, address: Any) -> None:
         """HTTPS: a failed or stalled handshake closes that connection with a debug line."""
@@ -253,7 +260,7 @@ class Connection:
     def recv(self, timeout: float) -> bytes:
         if self._pending:
             self.sendall(b"")
-        self.deadline = time.monotonic() + timeout
+        self.deadline = self.server.clock + timeout
         if self._answered and self._recv_later is not None:
             data = self._recv_later(READ_SIZE)
         else:
@@ -293,7 +300,7 @@ class Connection:
             except OSError:
                 pass
         self._writes += 1
-        self.deadline = time.monotonic() + self.server.read_timeout
+        self.deadline = self.server.clock + self.server.read_timeout
         # One send() usually takes it all; gevent's sendall() adds a getsockopt() each time.
         sent = self.sock.send(data)
         if sent < len(data):

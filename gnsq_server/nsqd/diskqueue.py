@@ -152,40 +152,64 @@ class DiskQueue:
         if sizes and not (self._min_msg_size <= min(sizes) and max(sizes) <= self._max_msg_size):
             bad = next(n for n in sizes if not self._min_msg_size <= n <= self._max_msg_size)
             raise ValueError(f"invalid message write size ({bad}) maxMsgSize={self._max_msg_size}")
-        with self._lock:
-            self._check_open()
-            buf = self._wbuf
-            mark, mark_pos, mark_depth = len(buf), self._write_pos, self._depth
-            try:
-                batch = 4 * len(sizes) + sum(sizes)
-                if self._wfd is not None and self._write_pos + batch <= self._max_bytes_per_file:
-                    # the whole batch fits the open segment: no roll to check record by record
-                    pack = _LENGTH.pack
-                    records = zip(sizes, items, strict=True)
-                    buf += b"".join([pack(size) + data for size, data in records])
-                    self._write_pos += batch
-                    self._depth += len(sizes)
-                    items = ()
-                for data in items:
-                    total = 4 + len(data)
-                    if self._write_pos > 0 and self._write_pos + total > self._max_bytes_per_file:
-                        self._roll()
-                        mark, mark_pos, mark_depth = 0, 0, self._depth
-                    if self._wfd is None:
-                        self._open_write_file()
-                    buf += _LENGTH.pack(len(data))
-                    buf += data
-                    self._write_pos += total
-                    self._depth += 1
-                self._count += len(sizes)
-                if len(buf) >= WRITE_BUFFER_SIZE or self._count >= self._sync_every:
-                    self._flush()
-            except OSError:
-                del buf[mark:]
-                self._write_pos, self._depth = mark_pos, mark_depth
-                raise
-            if self._count >= self._sync_every:
-                self._sync_logged()
+        batch = 4 * len(sizes) + sum(sizes)
+        fits = self._fits(batch)
+        if fits and not self._lock.locked():
+            # Nothing on this path yields (no roll, no fsync; pwrite blocks), so no other
+            # greenlet can run inside it: the lock would only cost time.
+            self._append(sizes, items, batch, fits)
+        else:
+            with self._lock:
+                self._append(sizes, items, batch, self._fits(batch))  # as of now
+        if self._count >= self._sync_every:
+            with self._lock:
+                if self._count >= self._sync_every:  # unless another greenlet just synced
+                    self._sync_logged()
+
+    def _fits(self, batch: int) -> bool:
+        """Whether ``batch`` bytes of records fit the open segment."""
+        return self._wfd is not None and self._write_pos + batch <= self._max_bytes_per_file
+
+    def _append(self, sizes: list[int], items: list[bytes] | tuple[bytes, ...], batch: int,
+                fits: bool) -> None:
+        """put_many's records into the buffer (written out once it is full or a sync is due);
+        ``fits``: the whole batch fits the open segment."""
+        self._check_open()
+        buf = self._wbuf
+        mark, mark_pos, mark_depth = len(buf), self._write_pos, self._depth
+        try:
+            if fits:  # no roll to check record by record
+                self._buffer_records(sizes, items)
+                self._write_pos += batch
+                self._depth += len(sizes)
+                items = ()
+            for data in items:
+                total = 4 + len(data)
+                if self._write_pos > 0 and self._write_pos + total > self._max_bytes_per_file:
+                    self._roll()
+                    mark, mark_pos, mark_depth = 0, 0, self._depth
+                if self._wfd is None:
+                    self._open_write_file()
+                buf += _LENGTH.pack(len(data))
+                buf += data
+                self._write_pos += total
+                self._depth += 1
+            self._count += len(sizes)
+            if len(buf) >= WRITE_BUFFER_SIZE or self._count >= self._sync_every:
+                self._flush()
+        except OSError:
+            del buf[mark:]
+            self._write_pos, self._depth = mark_pos, mark_depth
+            raise
+
+    def _buffer_records(self, sizes: list[int], items: list[bytes] | tuple[bytes, ...]) -> None:
+        """Length-prefixed records into the write buffer."""
+        pack, buf = _LENGTH.pack, self._wbuf
+        if len(sizes) == 1:  # a PUB's spill: spare the join
+            buf += pack(sizes[0])
+            buf += items[0]
+        else:
+            buf += b"".join([pack(size) + data for size, data in zip(sizes, items, strict=True)])
 
     def get(self) -> bytes | None:
         """Pop the next record, or None when there is nothing (or nothing readable) now."""

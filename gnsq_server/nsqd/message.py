@@ -89,7 +89,11 @@ def encode_frames(msgs: list[Message]) -> bytes:
 
 
 class IdFactory:
-    """nsqd's 64-bit snowflake ids, rendered as 16 lowercase hex characters."""
+    """nsqd's 64-bit snowflake ids, rendered as 16 lowercase hex characters.
+
+    Within one clock tick (~1 ms) only the low 12 bits, the last three hex digits, change:
+    the first 13 characters are formatted once per tick and kept.
+    """
 
     def __init__(self, node_id: int) -> None:
         if not 0 <= node_id < 1024:
@@ -97,24 +101,30 @@ class IdFactory:
         self._node_bits = node_id << _NODE_SHIFT
         self._last_ts = -1
         self._sequence = 0
+        self._prefix = b""
 
-    def next_ids(self, count: int) -> list[bytes]:
-        """`count` consecutive ids. A batch shares one clock reading, and since the sequence
-        is the low 12 bits (three hex digits) only those digits change within a tick."""
+    def next_ids(self, count: int, now_ns: int | None = None) -> list[bytes]:
+        """`count` consecutive ids; a batch shares one clock reading (``now_ns`` when given)."""
         ids: list[bytes] = []
         while len(ids) < count:
-            ts, first = self._claim(count - len(ids))
-            prefix = (b"%016x" % (((ts - _TWEPOCH) << _TIME_SHIFT) | self._node_bits))[:13]
-            ids.extend([prefix + digits for digits in _SEQUENCE_HEX[first : self._sequence + 1]])
+            first = self._claim(count - len(ids), time.time_ns() if now_ns is None else now_ns)
+            now_ns = None  # a batch that spills into the next tick reads the clock again
+            digits = _SEQUENCE_HEX[first : self._sequence + 1]
+            ids.extend([self._prefix + last for last in digits])
         return ids
 
     def next_id(self) -> bytes:
         return self.next_ids(1)[0]
 
-    def _claim(self, wanted: int) -> tuple[int, int]:
-        """Reserve up to `wanted` sequence numbers on the current tick: (tick, first)."""
+    def _claim(self, wanted: int, now_ns: int) -> int:
+        """Reserve up to `wanted` sequence numbers on the current tick; the first of them."""
+        ts = now_ns >> 20
+        if ts == self._last_ts and self._sequence + wanted <= _SEQUENCE_MASK:
+            first = self._sequence + 1  # the common case: room left on this tick
+            self._sequence += wanted
+            return first
         # A clock that went backwards keeps counting on the last tick rather than reuse ids.
-        ts = max(time.time_ns() >> 20, self._last_ts)
+        ts = max(ts, self._last_ts)
         if ts == self._last_ts:
             first = self._sequence + 1
             if first > _SEQUENCE_MASK:
@@ -125,14 +135,25 @@ class IdFactory:
                 first = 0
         else:
             first = 0
-        self._last_ts = ts
+        if ts != self._last_ts:
+            self._last_ts = ts
+            self._prefix = (b"%016x" % (((ts - _TWEPOCH) << _TIME_SHIFT) | self._node_bits))[:13]
         self._sequence = min(first + wanted, _SEQUENCE_MASK + 1) - 1
-        return ts, first
+        return first
 
     def new_messages(self, bodies: list[bytes]) -> list[Message]:
-        """Messages for a publish: ids from one batch, one timestamp for the batch."""
-        count = len(bodies)
-        return list(map(Message, self.next_ids(count), bodies, repeat(time.time_ns(), count)))
+        """Messages for a publish: ids and timestamp from one clock reading."""
+        now = time.time_ns()
+        if len(bodies) == 1:  # /pub and PUB
+            return [Message(self._one_id(now), bodies[0], now)]
+        return list(map(Message, self.next_ids(len(bodies), now), bodies, repeat(now)))
+
+    def _one_id(self, now_ns: int) -> bytes:
+        """next_ids(1) without its batch machinery, while the tick has room (nearly always)."""
+        if now_ns >> 20 == self._last_ts and self._sequence < _SEQUENCE_MASK:
+            self._sequence += 1
+            return self._prefix + _SEQUENCE_HEX[self._sequence]
+        return self.next_ids(1, now_ns)[0]
 
 
 _SEQUENCE_HEX = [b"%03x" % sequence for sequence in range(_SEQUENCE_MASK + 1)]
