@@ -223,7 +223,7 @@ class Connection:
     """One client connection, served request after request until it closes."""
 
     __slots__ = ("server", "sock", "parser", "remote_addr", "remote_port", "deadline", "_writes",
-                 "_pending", "_answered", "_recv_later")
+                 "_pending", "_answered", "_recv_later", "_loop")
 
     def __init__(self, server: HTTPServer, sock: Any, address: Any) -> None:
         self.server = server
@@ -239,6 +239,7 @@ class Connection:
         #: whether we wrote last, so the peer is most likely waiting for us, not sending
         self._answered = False
         self._recv_later = getattr(sock, "recv_when_readable", None)
+        self._loop = gevent.get_hub().loop
 
     def serve(self) -> None:
         connections = self.server.connections
@@ -275,6 +276,10 @@ class Connection:
         held goes out before the next write, read, half-close or close."""
         if self.parser.events:
             self._pending.append(data)
+        elif self._loop.pendingcnt:
+            self._pending.append(data)
+            gevent.sleep(0)
+            self.sendall(b"")
         else:
             self.sendall(data)
 
@@ -487,6 +492,10 @@ class RequestBody:
         if size is None or size < 0:
             size = sys.maxsize
         buffer = self._buffer
+        if not buffer and not self.done:
+            whole = self._whole(size)
+            if whole is not None:
+                return whole
         if len(buffer) >= size:
             self._buffer = buffer[size:]
             return buffer[:size]
@@ -501,6 +510,21 @@ class RequestBody:
             return data[:size]
         self._buffer = b""
         return data
+
+    def _whole(self, size: int) -> bytes | None:
+        """The body in one piece when it arrived with its head (a /pub): parsed and ended,
+        not longer than ``size``, no 100-continue owed. None otherwise."""
+        events = self._conn.parser.events
+        if len(events) < 2 or events[1] is not END or self._expect:
+            return None
+        chunk = events[0]
+        if chunk.__class__ is not bytes or len(chunk) > size:
+            return None
+        events.popleft()
+        events.popleft()
+        self.done = True
+        self.received += len(chunk)
+        return chunk
 
     def readline(self, size: int | None = -1) -> bytes:
         limit = size if size is not None and size >= 0 else sys.maxsize

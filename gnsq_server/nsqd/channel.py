@@ -141,7 +141,8 @@ class Channel:
             else:
                 queue.append(msg)
                 fits -= 1
-        self._pump()
+        if self._ready:
+            self._pump()
         if spill:
             if self.backend is None:
                 raise QueueFull(f"channel {self.topic_name}:{self.name} memory queue is full")

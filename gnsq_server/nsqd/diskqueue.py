@@ -179,7 +179,12 @@ class DiskQueue:
         mark, mark_pos, mark_depth = len(buf), self._write_pos, self._depth
         try:
             if fits:  # no roll to check record by record
-                self._buffer_records(sizes, items)
+                pack = _LENGTH.pack
+                if len(sizes) == 1:  # a PUB's spill: spare the join
+                    buf += pack(sizes[0])
+                    buf += items[0]
+                else:
+                    buf += b"".join([pack(n) + data for n, data in zip(sizes, items, strict=True)])
                 self._write_pos += batch
                 self._depth += len(sizes)
                 items = ()
@@ -201,15 +206,6 @@ class DiskQueue:
             del buf[mark:]
             self._write_pos, self._depth = mark_pos, mark_depth
             raise
-
-    def _buffer_records(self, sizes: list[int], items: list[bytes] | tuple[bytes, ...]) -> None:
-        """Length-prefixed records into the write buffer."""
-        pack, buf = _LENGTH.pack, self._wbuf
-        if len(sizes) == 1:  # a PUB's spill: spare the join
-            buf += pack(sizes[0])
-            buf += items[0]
-        else:
-            buf += b"".join([pack(size) + data for size, data in zip(sizes, items, strict=True)])
 
     def get(self) -> bytes | None:
         """Pop the next record, or None when there is nothing (or nothing readable) now."""

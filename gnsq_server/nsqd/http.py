@@ -403,7 +403,12 @@ def _text_mpub(data: bytes, max_msg_size: int, max_body_size: int) -> list[bytes
     """Newline-separated messages, judged line by line as nsqd's bufio loop does; ``data`` was
     read with a bound of max-body-size + 1."""
     read_max = max_body_size + 1
-    bodies: list[bytes] = []
+    if len(data) < read_max:  # not too big as a whole: only the lines' sizes can fail
+        bodies = [line for line in data.split(b"\n") if line]
+        if bodies and max(map(len, bodies)) > max_msg_size:
+            raise HTTPError(413, "MSG_TOO_BIG")
+        return bodies
+    bodies = []
     total = 0
     start = 0
     while start <= len(data):

@@ -105,15 +105,17 @@ class Topic:
         if defer > 0:
             for msg in msgs:
                 msg.defer = defer
-        self._admit(len(msgs))
-        if self.durable:
-            write, holding = self._append, True  # the channels read it once released
-        else:
-            holding = self._holding() or self.has_backlog()
-            self._check_room(len(msgs), holding)
-            write = self._hold if holding else self._fan_out
+        channels = list(self.channels.values())  # a snapshot: a disk write may yield
+        durable = self.durable
+        holding = durable or self._holding() or self.has_backlog()
+        self._admit(channels, len(msgs), holding)
         try:
-            write(msgs)
+            if durable:
+                self._append(msgs)  # the channels read it once released
+            elif holding:
+                self._hold(msgs)
+            else:
+                self._fan_out(msgs, channels)
         except OSError as err:
             log.error("TOPIC(%s): failed to write messages to disk - %s", self.name, err)
             self.nsqd.set_unhealthy(err)
@@ -125,19 +127,17 @@ class Topic:
             self._start_draining()
         return msgs
 
-    def _admit(self, count: int) -> None:
-        """Channel policies with max_depth may refuse the batch (policy.DepthExceeded)."""
-        for channel in self.channels.values():
+    def _admit(self, channels: list[Channel], count: int, holding: bool) -> None:
+        """Refuse a batch that may not or would not fit (rather than drop it): a channel
+        policy's max_depth (policy.DepthExceeded), or a memory queue without a disk queue."""
+        for channel in channels:
             if channel.policy is not None:
                 channel.policy.admit(count, self)
-
-    def _check_room(self, count: int, holding: bool) -> None:
-        """Without a disk queue, refuse a batch that would not fit rather than drop it."""
         if holding:
             if self.backend is None and len(self.memory) + count > self._mem_capacity:
                 raise PublishError(f"topic {self.name} memory queue is full")
             return
-        for channel in self.channels.values():
+        for channel in channels:
             room = channel.room()
             if room is not None and room < count:
                 raise PublishError(f"channel {self.name}:{channel.name} memory queue is full")
@@ -157,9 +157,8 @@ class Topic:
         self.backend.append(msgs)
         self.nsqd.commit([self.backend])
 
-    def _fan_out(self, msgs: list[Message]) -> None:
+    def _fan_out(self, msgs: list[Message], channels: list[Channel]) -> None:
         """Every channel gets its own copy of the batch (the first one the originals)."""
-        channels = list(self.channels.values())
         for channel in channels[1:]:
             channel.put_many([msg.copy() for msg in msgs])
         channels[0].put_many(msgs)
@@ -213,7 +212,7 @@ class Topic:
                 if not batch:
                     return
                 try:
-                    self._fan_out(batch)
+                    self._fan_out(batch, list(self.channels.values()))
                 except (OSError, QueueFull) as err:
                     # Disk trouble, or channels without a disk queue are full: keep the batch
                     # in front of the backlog and try again shortly.
