@@ -136,20 +136,23 @@ class RequestParser:
     def on_headers_complete(self) -> None:
         parser = self._parser
         version = parser.get_http_version()
-        if version not in ("1.1", "1.0"):
+        if version != "1.1" and version != "1.0":
             if version.startswith("0."):
                 raise bad_request("malformed HTTP request")
             raise RequestError(505, "HTTP Version Not Supported", "unsupported protocol version")
         method = parser.get_method()
         url = self._url
+        headers = self._headers
         head = RequestHead(
             _METHODS.get(method) or method.decode("latin-1"),
             url[0] if len(url) == 1 else b"".join(url),
             version,
-            self._headers,
+            headers,
             parser.should_keep_alive(),
         )
-        self._frame(head)
+        for name, value in headers:
+            if len(name) in _FRAMING_NAME_LENGTHS:
+                _frame(head, name.lower(), value)
         self._in_head = False
         self._head_bytes = 0
         self._url = []
@@ -164,23 +167,24 @@ class RequestParser:
         self._headers = []  # drops chunked trailers, which llhttp reports as headers
         self.events.append(END)
 
-    @staticmethod
-    def _frame(head: RequestHead) -> None:
-        """Content-Length, Transfer-Encoding and Expect, as net/http reads them."""
-        for name, value in head.headers:
-            if len(name) not in (6, 14, 17):
-                continue  # none of the three below
-            lowered = name.lower()
-            if lowered == b"content-length":
-                head.content_length = int(value)  # llhttp accepted digits only, once
-            elif lowered == b"transfer-encoding":
-                if value.strip().lower() != b"chunked":
-                    raise RequestError(501, "Not Implemented", "unsupported transfer encoding")
-                head.content_length = None
-            elif lowered == b"expect":
-                if value.strip().lower() != b"100-continue":
-                    raise RequestError(417, "Expectation Failed")
-                head.expect_continue = head.version == "1.1"
+#: the lengths of the names _frame() acts on: other headers are passed over by length alone
+_FRAMING_NAME_LENGTHS = frozenset((len(b"content-length"), len(b"transfer-encoding"),
+                                   len(b"expect")))
+
+
+def _frame(head: RequestHead, name: bytes, value: bytes) -> None:
+    """Content-Length, Transfer-Encoding and Expect (``name`` lowercased), as net/http reads
+    them."""
+    if name == b"content-length":
+        head.content_length = int(value)  # llhttp accepted digits only, once
+    elif name == b"transfer-encoding":
+        if value.strip().lower() != b"chunked":
+            raise RequestError(501, "Not Implemented", "unsupported transfer encoding")
+        head.content_length = None
+    elif name == b"expect":
+        if value.strip().lower() != b"100-continue":
+            raise RequestError(417, "Expectation Failed")
+        head.expect_continue = head.version == "1.1"
 
 
 def _describe(exc: Exception) -> str:
