@@ -21,14 +21,19 @@ from .test_httpserver import Reader, Served, fast_echo
 
 
 class _CountingSocket:
-    """The server's own accepted socket, with its sends and recvs counted."""
+    """The server's own accepted socket, with its sends and recvs counted (and the /fast
+    answers it sends noted in ``events``, when given)."""
 
-    def __init__(self, sock, counts: dict) -> None:
+    def __init__(self, sock, counts: dict, events: list | None = None) -> None:
         self._sock = sock
         self._counts = counts
+        self._events = events
 
     def send(self, data) -> int:
         self._counts["send"] += 1
+        if self._events is not None:
+            sent = re.findall(rb"POST /fast n=(\d+) ", bytes(data))
+            self._events.extend(("sent", int(n)) for n in sent)
         return self._sock.send(data)
 
     def recv(self, size: int) -> bytes:
@@ -47,11 +52,12 @@ class _CountingServer(HTTPServer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.counts: list[dict] = []
+        self.events: list | None = None
 
     def handle(self, sock, address) -> None:
         counts = {"send": 0, "recv": 0, "waited": 0}
         self.counts.append(counts)
-        super().handle(_CountingSocket(sock, counts), address)
+        super().handle(_CountingSocket(sock, counts, self.events), address)
 
 
 @pytest.fixture(scope="module")
@@ -185,28 +191,12 @@ def test_fast_answers_are_access_logged_when_asked_and_answered_alike(server, ca
     assert '"POST /fast?n=7 HTTP/1.1" 201 18 ' in line
 
 
-class _RecordingSocket:
-    """The server's own accepted socket, with what it sends noted in a shared log."""
-
-    def __init__(self, sock, events: list) -> None:
-        self._sock = sock
-        self._events = events
-
-    def send(self, data) -> int:
-        for n in re.findall(rb"POST /fast n=(\d+) ", bytes(data)):
-            self._events.append(("sent", int(n)))
-        return self._sock.send(data)
-
-    def __getattr__(self, name: str):
-        return getattr(self._sock, name)
-
-
-class _RecordingServer(HTTPServer):
+class _RecordingServer(_CountingServer):
     """Notes when /fast requests are handled and answered; /block holds the whole loop."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.events: list = []
+        self.events = []
         self.blocking = threading.Event()
         self.fast_lane[("POST", b"/fast")] = self._fast
         self.fast_lane[("POST", b"/block")] = self._block
@@ -219,9 +209,6 @@ class _RecordingServer(HTTPServer):
         self.blocking.set()
         time.sleep(0.3)  # not gevent's: nothing else runs meanwhile
         return fast_echo(req)
-
-    def handle(self, sock, address) -> None:
-        super().handle(_RecordingSocket(sock, self.events), address)
 
 
 def test_answers_of_one_loop_turn_go_out_together():
