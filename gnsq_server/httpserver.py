@@ -97,7 +97,7 @@ class HTTPServer(StreamServer):
         self.connections: set[Connection] = set()
         #: time.monotonic() as of the sweep's next turn, moved on by the sweep: deadlines are
         #: set from it, sparing a clock read per receive and send, and are never early
-        self.clock = time.monotonic() + self._sweep_interval()
+        self.clock = 0.0
         self._sweeper: gevent.Greenlet | None = None
         host, port = listener.getsockname()[:2]
         self.base_environ = {
@@ -124,6 +124,7 @@ class HTTPServer(StreamServer):
     def start(self) -> None:
         super().start()
         if self._sweeper is None:
+            self.clock = time.monotonic() + self._sweep_interval()
             self._sweeper = gevent.spawn(self._sweep)
 
     def close(self) -> None:

@@ -339,3 +339,26 @@ def test_head_too_big_is_431():
         sock.close()
     finally:
         running.stop()
+
+
+class _StartedLate(HTTPServer):
+    """Started a while after it was built (as a daemon that loads its data first)."""
+
+    def start(self) -> None:
+        time.sleep(1.5)  # in the server's own thread, before its loop runs
+        super().start()
+
+
+def test_timeouts_count_from_the_start_not_from_construction():
+    running = ThreadedServer(
+        lambda: Served(_StartedLate, idle_timeout=1.0, read_timeout=1.0)).start()
+    try:
+        sock = socket.create_connection(("127.0.0.1", running.server.port), timeout=5)
+        reader = Reader(sock)
+        for _ in range(2):
+            sock.sendall(b"POST /fast HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na")
+            assert reader.response()[0] == 201
+            time.sleep(0.5)  # idle for half the idle timeout: the connection must live on
+        sock.close()
+    finally:
+        running.stop()
